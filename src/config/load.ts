@@ -1,0 +1,115 @@
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { settingList, type Config, type Setting } from './settings.js';
+
+/** Where a value came from, for `config --print` and error messages. */
+export type Source = 'flag' | 'env' | 'config-file' | 'config-dir' | 'default';
+
+export interface LoadedConfig {
+  config: Config;
+  sources: Record<string, { source: Source; name: string }>;
+}
+
+export interface ConfigInputs {
+  /** Values given as --flags, keyed by setting key. */
+  flags?: Record<string, string | undefined>;
+  env?: NodeJS.ProcessEnv;
+  /** Path of a YAML or JSON file (--config). */
+  configFile?: string;
+  /** Tattler-style directory: one file per variable name, trimmed content is the value (--config-dir). */
+  configDir?: string;
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError(`--config ${path}: cannot read the file (${(e as Error).message})`);
+  }
+  let data: unknown;
+  try {
+    data = path.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
+  } catch (e) {
+    throw new ConfigError(`--config ${path}: not valid ${path.endsWith('.json') ? 'JSON' : 'YAML'}: ${(e as Error).message}`);
+  }
+  if (data === null || data === undefined) return {};
+  if (typeof data !== 'object' || Array.isArray(data)) {
+    throw new ConfigError(`--config ${path}: expected a mapping of setting keys to values`);
+  }
+  const known = new Set(settingList.map((s) => s.key));
+  for (const k of Object.keys(data)) {
+    if (!known.has(k)) {
+      throw new ConfigError(`--config ${path}: unknown key '${k}'. Known keys: ${[...known].join(', ')}`);
+    }
+  }
+  return data as Record<string, unknown>;
+}
+
+function readConfigDir(dir: string): Map<string, string> {
+  if (!existsSync(dir) || !statSync(dir).isDirectory()) {
+    throw new ConfigError(`--config-dir ${dir}: not a directory`);
+  }
+  const names = new Set(settingList.flatMap((s) => [s.env, ...(s.aliases ?? [])]));
+  const values = new Map<string, string>();
+  for (const name of readdirSync(dir)) {
+    if (name.startsWith('.')) continue;
+    if (!names.has(name)) continue; // envdir directories often hold the app's other keys too
+    const path = join(dir, name);
+    if (!statSync(path).isFile()) continue;
+    values.set(name, readFileSync(path, 'utf8').trim());
+  }
+  return values;
+}
+
+function pick(s: Setting, inputs: ConfigInputs, file: Record<string, unknown>, dir: Map<string, string>) {
+  const flag = inputs.flags?.[s.key];
+  if (flag !== undefined) return { value: flag, source: 'flag' as const, name: s.flag };
+  const env = inputs.env ?? {};
+  for (const name of [s.env, ...(s.aliases ?? [])]) {
+    const v = env[name];
+    if (v !== undefined && v !== '') return { value: v, source: 'env' as const, name };
+  }
+  const fromFile = file[s.key];
+  if (fromFile !== undefined && fromFile !== null) {
+    return { value: String(fromFile), source: 'config-file' as const, name: `${inputs.configFile}:${s.key}` };
+  }
+  for (const name of [s.env, ...(s.aliases ?? [])]) {
+    const v = dir.get(name);
+    if (v !== undefined && v !== '') return { value: v, source: 'config-dir' as const, name: join(inputs.configDir!, name) };
+  }
+  return { value: s.default, source: 'default' as const, name: 'default' };
+}
+
+/**
+ * Resolves every setting with the precedence flags > environment > config file > config dir >
+ * default, and validates all of them, reporting every problem at once with the key and the fix.
+ */
+export function loadConfig(inputs: ConfigInputs): LoadedConfig {
+  const file = inputs.configFile ? readConfigFile(inputs.configFile) : {};
+  const dir = inputs.configDir ? readConfigDir(inputs.configDir) : new Map<string, string>();
+  const config: Record<string, unknown> = {};
+  const sources: LoadedConfig['sources'] = {};
+  const problems: string[] = [];
+  for (const s of settingList) {
+    const { value, source, name } = pick(s, inputs, file, dir);
+    sources[s.key] = { source, name };
+    if (value === undefined) {
+      config[s.key] = undefined;
+      continue;
+    }
+    const result = s.parse.safeParse(value);
+    if (result.success) config[s.key] = result.data;
+    else {
+      const why = result.error.issues.map((i) => i.message).join('; ');
+      problems.push(`${s.env} (${s.flag}, from ${source === 'default' ? 'default' : name}): ${why}`);
+    }
+  }
+  if (problems.length) throw new ConfigError(`invalid configuration:\n  ${problems.join('\n  ')}`);
+  return { config: config as Config, sources };
+}

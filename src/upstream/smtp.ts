@@ -1,0 +1,133 @@
+import nodemailer, { type Transporter } from 'nodemailer';
+import type { Logger } from 'pino';
+import { RelayError, replies } from '../smtp/reply.js';
+import type { UpstreamTarget } from '../config/settings.js';
+import type { Delivery, Envelope, RecipientRejection, Upstream } from './upstream.js';
+
+type SmtpTarget = Extract<UpstreamTarget, { kind: 'smtp' }>;
+
+export interface SmtpUpstreamOptions {
+  target: SmtpTarget;
+  timeoutMs: number;
+  poolSize: number;
+  log: Logger;
+  /** Certificate verification of the upstream; false only by explicit, logged choice. */
+  rejectUnauthorized?: boolean;
+}
+
+interface NodemailerError extends Error {
+  code?: string;
+  responseCode?: number;
+  response?: string;
+  permanent?: boolean;
+  rejectedErrors?: NodemailerError[];
+  recipient?: string;
+}
+
+/** "250 2.0.0 Ok: queued as 4Xyz" → "4Xyz"; otherwise the whole reply. */
+export function queueIdOf(response: string): string {
+  const m = /queued as\s+([^\s;,]+)/i.exec(response) ?? /\bid=([^\s;,]+)/i.exec(response);
+  return m ? m[1]! : response.replace(/^\d{3}\s+/, '');
+}
+
+/**
+ * Maps what nodemailer reports into the one reply the client gets. A 5xx that refused the message
+ * (DATA) or every recipient is passed back as a 5xx; everything else that is not a success,
+ * including a lost connection or a timeout, is a 451 so the client's queue keeps the message.
+ */
+export function replyForUpstreamError(err: NodemailerError): RelayError {
+  const detail = (err.response ?? err.message).replace(/\s+/g, ' ').trim();
+  const code = err.responseCode;
+  if (code && code >= 500 && code < 600 && err.permanent !== false && (err.code === 'EENVELOPE' || err.code === 'EMESSAGE')) {
+    return new RelayError(replies.upstreamPermFail(code, detail));
+  }
+  return new RelayError(replies.upstreamTempFail(code ? detail : `${err.code ?? 'error'}: ${detail}`));
+}
+
+/** Sends raw bytes with the original envelope over a pooled nodemailer transport. */
+export class SmtpUpstream implements Upstream {
+  readonly description: string;
+  private readonly transport: Transporter;
+  private readonly timeoutMs: number;
+
+  constructor(private readonly opts: SmtpUpstreamOptions) {
+    const { target } = opts;
+    this.description = target.display;
+    this.timeoutMs = opts.timeoutMs;
+    const rejectUnauthorized = opts.rejectUnauthorized ?? true;
+    if (!rejectUnauthorized) {
+      opts.log.warn({ upstream: target.display }, 'upstream TLS certificate verification is DISABLED by configuration');
+    }
+    this.transport = nodemailer.createTransport({
+      pool: true,
+      host: target.host,
+      port: target.port,
+      secure: target.secure,
+      auth: target.user ? { user: target.user, pass: target.pass ?? '' } : undefined,
+      maxConnections: opts.poolSize,
+      maxMessages: 1000,
+      // A pooled connection that the upstream closed while idle is retried on a fresh one; more
+      // retries than this would only delay the answer the client is waiting for.
+      maxRequeues: 2,
+      connectionTimeout: opts.timeoutMs,
+      greetingTimeout: opts.timeoutMs,
+      socketTimeout: opts.timeoutMs,
+      tls: { rejectUnauthorized, servername: isIp(target.host) ? undefined : target.host },
+      logger: false,
+    });
+  }
+
+  async deliver(envelope: Envelope, message: Buffer): Promise<Delivery> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new RelayError(replies.upstreamTempFail(`no answer within ${this.timeoutMs} ms`))),
+        this.timeoutMs,
+      );
+    });
+    try {
+      const info = await Promise.race([
+        this.transport.sendMail({
+          envelope: { from: envelope.from, to: envelope.to },
+          raw: message,
+        }),
+        deadline,
+      ]);
+      const rejectedErrors = ((info as { rejectedErrors?: NodemailerError[] }).rejectedErrors ?? []);
+      const rejected: RecipientRejection[] = rejectedErrors.map((e) => ({
+        recipient: e.recipient ?? '',
+        code: e.responseCode ?? 0,
+        response: (e.response ?? e.message).trim(),
+      }));
+      const response = String(info.response ?? '');
+      return {
+        queueId: queueIdOf(response),
+        response,
+        accepted: (info.accepted ?? []).map(String),
+        rejected,
+      };
+    } catch (e) {
+      if (e instanceof RelayError) throw e;
+      throw replyForUpstreamError(e as NodemailerError);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async probe(): Promise<boolean> {
+    try {
+      await this.transport.verify();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.transport.close();
+  }
+}
+
+function isIp(host: string): boolean {
+  return /^[\d.]+$/.test(host) || host.includes(':');
+}

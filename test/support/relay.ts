@@ -1,0 +1,24 @@
+import { Writable } from 'node:stream';
+import { createLogger } from '../../src/log.js';
+import { startRelay, type RunningRelay } from '../../src/app.js';
+import { loadConfig } from '../../src/config/load.js';
+
+export interface TestRelay extends RunningRelay {
+  /** Every log line the relay wrote, parsed. */
+  logs: Record<string, unknown>[];
+}
+
+/** Starts the relay in-process on a free loopback port, configured as a user would (env names). */
+export async function startTestRelay(env: Record<string, string>): Promise<TestRelay> {
+  const { config } = loadConfig({ env: { SMIME_RELAY_LISTEN: '127.0.0.1:0', LOG_LEVEL: 'debug', ...env } });
+  const logs: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line) logs.push(JSON.parse(line));
+      cb();
+    },
+  });
+  const log = createLogger(config.logLevel, sink);
+  const relay = await startRelay(config, log);
+  return Object.assign(relay, { logs });
+}
