@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
+import type { Principal } from './access/users.js';
 import { admitEnvelopeSender, admitFromHeader } from './admit/sender.js';
 import type { CertificateStore } from './certs/store.js';
 import type { CertificateBundle } from './certs/bundle.js';
@@ -7,6 +8,9 @@ import type { Mailbox } from './mime/mailbox.js';
 import { buildSignedMessage } from './mime/multipart-signed.js';
 import { MimeError, prepareMessage } from './mime/prepare.js';
 import { SigningError, type SigningEngine } from './signing/engine.js';
+import { outcomeOf } from './metrics/outcome.js';
+import { noMetrics, type RelayMetrics } from './metrics/relay-metrics.js';
+import { StageTimer } from './metrics/stage-timer.js';
 import { RelayError, replies, type SmtpReply } from './smtp/reply.js';
 import type { Envelope, Upstream } from './upstream/upstream.js';
 
@@ -15,7 +19,10 @@ export interface Transaction {
   readonly id: string;
   readonly envelope: Envelope;
   readonly raw: Buffer;
-  readonly client: { address: string; hostname?: string };
+  /** address: the client (as named by PROXY or XFORWARD when used); peer: the connection's own address when XFORWARD named another. */
+  readonly client: { address: string; hostname?: string; peer?: string };
+  /** Who authenticated (SMIME_RELAY_USERS); undefined when the relay has no users file. */
+  readonly principal?: Principal;
 }
 
 export interface PipelineOptions {
@@ -29,6 +36,7 @@ export interface PipelineDeps {
   upstream: Upstream;
   log: Logger;
   options: PipelineOptions;
+  metrics?: RelayMetrics;
 }
 
 export const newTransactionId = (): string => randomBytes(6).toString('base64url');
@@ -40,26 +48,37 @@ export const newTransactionId = (): string => randomBytes(6).toString('base64url
  * answered after the upstream accepted.
  */
 export class Pipeline {
-  constructor(private readonly deps: PipelineDeps) {}
+  private readonly metrics: RelayMetrics;
+
+  constructor(private readonly deps: PipelineDeps) {
+    this.metrics = deps.metrics ?? noMetrics;
+  }
 
   /** admit (envelope): runs at MAIL FROM, before any data is transferred. */
-  admitSender(address: string): Mailbox {
-    return admitEnvelopeSender(address, this.deps.certs.mailboxes());
+  admitSender(address: string, principal?: Principal): Mailbox {
+    try {
+      return admitEnvelopeSender(address, this.deps.certs.mailboxes(), principal);
+    } catch (e) {
+      if (e instanceof RelayError) this.metrics.outcome(outcomeOf(e.reply, 'signed'));
+      throw e;
+    }
+  }
+
+  /** A message refused before process() could run (too big): counted and logged like the others. */
+  refuse(tx: Omit<Transaction, 'raw'>, reply: SmtpReply): SmtpReply {
+    return this.finish(tx, this.deps.log.child({ tx: tx.id }), this.fieldsOf(tx), reply, new StageTimer(this.metrics), performance.now());
   }
 
   async process(tx: Transaction): Promise<SmtpReply> {
     const { certs, engine, upstream, options } = this.deps;
     const log = this.deps.log.child({ tx: tx.id });
     const started = performance.now();
-    const fields: Record<string, unknown> = {
-      client: tx.client.address,
-      mailFrom: tx.envelope.from,
-      rcptCount: tx.envelope.to.length,
-      size: tx.raw.length,
-    };
+    const timer = new StageTimer(this.metrics);
+    const fields: Record<string, unknown> = { ...this.fieldsOf(tx), size: tx.raw.length };
+    this.metrics.size(tx.raw.length);
     try {
       // admit (header): clients compare From with the signer certificate.
-      const from = admitFromHeader(tx.raw, certs.mailboxes());
+      const from = admitFromHeader(tx.raw, certs.mailboxes(), tx.principal);
       fields.from = from;
 
       let outgoing: Buffer;
@@ -68,25 +87,45 @@ export class Pipeline {
       } else {
         const bundle = this.certificateFor(from);
         fields.serial = bundle.serial;
-        const prepared = prepare(tx.raw, options);
+        const prepared = await timer.time('prepare', () => prepare(tx.raw, options));
         log.info({ from }, `Signing email notification from ${from}`);
-        const signature = await engine.sign(prepared.entity, bundle);
-        outgoing = buildSignedMessage(prepared, signature);
+        outgoing = await timer.time('sign', async () => buildSignedMessage(prepared, await engine.sign(prepared.entity, bundle)));
       }
 
       // forward
-      const delivery = await upstream.deliver(tx.envelope, outgoing);
+      const delivery = await timer.time('upstream', () => upstream.deliver(tx.envelope, outgoing));
       if (delivery.rejected.length) {
         log.error({ rejected: delivery.rejected }, 'upstream refused some recipients; the others were delivered');
       }
-      const reply = replies.accepted(`queued as ${delivery.queueId} (tx ${tx.id})`);
-      log.info({ ...fields, outcome: options.signing === 'off' ? 'passed_unsigned' : 'signed', upstream: delivery.response, ms: ms(started) }, 'transaction');
-      return reply;
+      fields.upstream = delivery.response;
+      return this.finish(tx, log, fields, replies.accepted(`queued as ${delivery.queueId}`), timer, started);
     } catch (e) {
-      const err = asRelayError(e);
-      log.warn({ ...fields, outcome: 'failed', reply: err.reply, ms: ms(started) }, 'transaction');
-      return { ...err.reply, text: `${err.reply.text} (tx ${tx.id})` };
+      return this.finish(tx, log, fields, asRelayError(e).reply, timer, started);
     }
+  }
+
+  private fieldsOf(tx: Omit<Transaction, 'raw'>): Record<string, unknown> {
+    return {
+      client: tx.client.address,
+      ...(tx.principal ? { user: tx.principal.user } : {}),
+      ...(tx.client.hostname ? { clientName: tx.client.hostname } : {}),
+      ...(tx.client.peer ? { peer: tx.client.peer } : {}),
+      mailFrom: tx.envelope.from,
+      rcptCount: tx.envelope.to.length,
+    };
+  }
+
+  /**
+   * The one place a message's outcome is decided (from its reply), counted, and logged as the
+   * transaction's single log line. The tx id goes into the reply so an admin can grep for it.
+   */
+  private finish(tx: { id: string }, log: Logger, fields: Record<string, unknown>, reply: SmtpReply, timer: StageTimer, started: number): SmtpReply {
+    const outcome = outcomeOf(reply, this.deps.options.signing === 'off' ? 'passed_unsigned' : 'signed');
+    this.metrics.outcome(outcome);
+    const line = { ...fields, outcome, reply: `${reply.code} ${reply.status} ${reply.text}`, durations: timer.ms, ms: ms(started) };
+    if (reply.code < 400) log.info(line, 'transaction');
+    else log.warn(line, 'transaction');
+    return { ...reply, text: `${reply.text} (tx ${tx.id})` };
   }
 
   private certificateFor(from: Mailbox): CertificateBundle {
@@ -101,7 +140,10 @@ function prepare(raw: Buffer, options: PipelineOptions) {
   try {
     return prepareMessage(raw, { headerProtection: options.headerProtection });
   } catch (e) {
-    if (e instanceof MimeError) throw new RelayError(replies.malformedMessage(e.message));
+    // A MimeError with a cause is prepare's own fault, not the message's: retry rather than bounce.
+    if (e instanceof MimeError) {
+      throw new RelayError(e.cause ? replies.internalError(e.message) : replies.malformedMessage(e.message));
+    }
     throw e;
   }
 }

@@ -268,7 +268,7 @@ describe('prepareMessage: corpus of real-world shapes', () => {
       b('\r\n--big--\r\n'),
     ]);
     await check(raw);
-  });
+  }, 60_000);
 
   it('keeps the raw UTF-8 address of an SMTPUTF8 message outside and leaves it out of protected headers', async () => {
     const raw = b('From: sender@example.com\r\nTo: ' + utf8('用户@例子.广告') + '\r\nSubject: ' + utf8('Grüße') + '\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n' + utf8('Hallo\r\n'));
