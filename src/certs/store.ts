@@ -181,6 +181,8 @@ class WatchedStore implements CertificateStore {
     this.signature = signature;
     const now = this.now();
     const report = trigger !== 'startup';
+    // The configured directory itself is gone or unreadable: nothing in it can be judged, so
+    // everything loaded from it stays in service.
     const whole = result.entries.length === 1 && result.entries[0]!.source === path && this.sources.size > 0 && !this.sources.has(path);
 
     for (const s of result.skipped) this.log.warn({ source: s.source }, s.reason);
@@ -190,7 +192,9 @@ class WatchedStore implements CertificateStore {
       this.sources.set(entry.source, state);
       for (const f of entry.findings) if (f.severity === 'warning') this.log.warn({ source: entry.source, code: f.code }, f.message);
       if (!entry.bundle) {
-        this.fail(state, entry, errorsOf(entry.findings), report);
+        const kept = state.loaded[0]?.bundle;
+        state.failure = { reason: errorsOf(entry.findings).map((f) => f.message).join('\n'), mailboxes: entry.mailboxes };
+        this.fail(entry, errorsOf(entry.findings), kept ? ` Still using the certificate loaded before (serial ${kept.serial}).` : '', report);
         continue;
       }
       state.failure = undefined;
@@ -228,17 +232,14 @@ class WatchedStore implements CertificateStore {
       this.log.error({ source }, message);
       if (report) this.opts.onReloadFailure?.(new CertificateError(message));
     }
-    if (whole) this.fail({ loaded: [{} as LoadedBundle] }, result.entries[0]!, errorsOf(result.entries[0]!.findings), report);
+    if (whole) this.fail(result.entries[0]!, errorsOf(result.entries[0]!.findings), ' Still using the certificates loaded from it before.', report);
 
     this.reindex();
     if (trigger !== 'startup') this.rewatch();
   }
 
-  private fail(state: SourceState, entry: LoadedBundle, errors: Finding[], report: boolean): void {
+  private fail(entry: LoadedBundle, errors: Finding[], suffix: string, report: boolean): void {
     const reason = errors.map((f) => f.message).join('\n');
-    const kept = state.loaded[0]?.bundle;
-    state.failure = { reason, mailboxes: entry.mailboxes };
-    const suffix = kept ? ` Still using the certificate loaded before (serial ${kept.serial}).` : state.loaded.length > 0 ? ' Still using the certificates loaded before.' : '';
     this.log.error({ source: entry.source, target: entry.resolved, codes: errors.map((f) => f.code) }, reason + suffix);
     if (report) this.opts.onReloadFailure?.(new CertificateError(reason + suffix, errors));
   }

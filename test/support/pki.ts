@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -105,6 +106,31 @@ export function run(
   });
 }
 
+const liveTempDirs = new Set<string>();
+let exitHook = false;
+
+/**
+ * A temp dir that is also removed if the process exits before its owner cleans up (a test that
+ * timed out, a bench that threw), so aborted runs do not leave keys in /tmp.
+ */
+export async function makeTempDir(prefix: string): Promise<{ dir: string; remove: () => Promise<void> }> {
+  if (!exitHook) {
+    exitHook = true;
+    process.once('exit', () => {
+      for (const d of liveTempDirs) rmSync(d, { recursive: true, force: true });
+    });
+  }
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  liveTempDirs.add(dir);
+  return {
+    dir,
+    remove: async () => {
+      await rm(dir, { recursive: true, force: true });
+      liveTempDirs.delete(dir);
+    },
+  };
+}
+
 /** Runs openssl and throws with its stderr when it fails: a broken fixture must say why. */
 export async function openssl(args: string[], opts: { input?: Buffer | string; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<Buffer> {
   const r = await run('openssl', args, opts);
@@ -175,7 +201,7 @@ function subj(parts: [string, string][]): string {
 
 export async function createTestPki(opts: { keyType?: 'rsa' | 'ec' } = {}): Promise<TestPki> {
   const keyType = opts.keyType ?? 'rsa';
-  const dir = await mkdtemp(join(tmpdir(), 'smime-pki-'));
+  const { dir, remove } = await makeTempDir('smime-pki-');
   const configPath = join(dir, 'openssl.cnf');
   await writeFile(configPath, CONFIG);
   const f = (name: string) => join(dir, name);
@@ -196,42 +222,70 @@ export async function createTestPki(opts: { keyType?: 'rsa' | 'ec' } = {}): Prom
   }) => {
     const db = f(`ca-db-${++issued}`);
     await mkdir(db);
-    await writeFile(join(db, 'index.txt'), '');
-    await openssl([
-      'ca', '-config', configPath, '-batch', '-notext', '-preserveDN', '-subj', p.subject,
-      '-in', p.csr, '-out', p.out, '-keyfile', p.issuerKey,
-      ...(p.selfsign ? ['-selfsign'] : ['-cert', p.issuerCert!]),
-      '-startdate', asn1Time(p.start), '-enddate', asn1Time(p.end),
-      ...(p.extFile ? ['-extfile', p.extFile] : []), '-extensions', p.extensions,
-      '-md', p.md ?? 'sha256',
-      ...(p.sigopts ?? []).flatMap((o) => ['-sigopt', o]),
-    ], { env: { ...process.env, CA_DB: db } });
-    await rm(db, { recursive: true, force: true });
+    try {
+      await writeFile(join(db, 'index.txt'), '');
+      await openssl([
+        'ca', '-config', configPath, '-batch', '-notext', '-preserveDN', '-subj', p.subject,
+        '-in', p.csr, '-out', p.out, '-keyfile', p.issuerKey,
+        ...(p.selfsign ? ['-selfsign'] : ['-cert', p.issuerCert!]),
+        '-startdate', asn1Time(p.start), '-enddate', asn1Time(p.end),
+        ...(p.extFile ? ['-extfile', p.extFile] : []), '-extensions', p.extensions,
+        '-md', p.md ?? 'sha256',
+        ...(p.sigopts ?? []).flatMap((o) => ['-sigopt', o]),
+      ], { env: { ...process.env, CA_DB: db } });
+    } finally {
+      await rm(db, { recursive: true, force: true });
+    }
   };
 
-  const now = Date.now();
-  // The CA certificates are back-dated well past any leaf a test back-dates, so a leaf's own
-  // dates are the only thing that decides whether it is in its validity period.
-  const caStart = new Date(now - 5 * 365 * DAY);
-  const caEnd = new Date(now + 10 * 365 * DAY);
-  const rootSubject = subj([['O', 'smime-relay tests'], ['CN', 'Test Root CA']]);
-  const intSubject = subj([['O', 'smime-relay tests'], ['CN', 'Test Intermediate CA']]);
-  await Promise.all([
-    request(f('root'), rootSubject, newKeyArgs(keyType)),
-    request(f('intermediate'), intSubject, newKeyArgs(keyType)),
-  ]);
   const rootCertPath = f('root.crt');
   const intermediateCertPath = f('intermediate.crt');
-  await certify({ csr: f('root.csr'), out: rootCertPath, issuerKey: f('root.key'), start: caStart, end: caEnd, extensions: 'v3_root', selfsign: true, subject: rootSubject });
-  await certify({ csr: f('intermediate.csr'), out: intermediateCertPath, issuerCert: rootCertPath, issuerKey: f('root.key'), start: caStart, end: caEnd, extensions: 'v3_intermediate', subject: intSubject });
-  const rootPem = await readFile(rootCertPath, 'latin1');
-  const intPem = await readFile(intermediateCertPath, 'latin1');
   const chainPath = f('chain.pem');
-  await writeFile(chainPath, intPem + rootPem);
+  let intPem: string;
+  try {
+    intPem = await makeCas();
+  } catch (e) {
+    await remove();
+    throw e;
+  }
+
+  /** Root and intermediate; returns the intermediate's PEM, which every bundle carries. */
+  async function makeCas(): Promise<string> {
+    const now = Date.now();
+    // The CA certificates are back-dated well past any leaf a test back-dates, so a leaf's own
+    // dates are the only thing that decides whether it is in its validity period.
+    const caStart = new Date(now - 5 * 365 * DAY);
+    const caEnd = new Date(now + 10 * 365 * DAY);
+    const rootSubject = subj([['O', 'smime-relay tests'], ['CN', 'Test Root CA']]);
+    const intSubject = subj([['O', 'smime-relay tests'], ['CN', 'Test Intermediate CA']]);
+    await Promise.all([
+      request(f('root'), rootSubject, newKeyArgs(keyType)),
+      request(f('intermediate'), intSubject, newKeyArgs(keyType)),
+    ]);
+    await certify({ csr: f('root.csr'), out: rootCertPath, issuerKey: f('root.key'), start: caStart, end: caEnd, extensions: 'v3_root', selfsign: true, subject: rootSubject });
+    await certify({ csr: f('intermediate.csr'), out: intermediateCertPath, issuerCert: rootCertPath, issuerKey: f('root.key'), start: caStart, end: caEnd, extensions: 'v3_intermediate', subject: intSubject });
+    const rootPem = await readFile(rootCertPath, 'latin1');
+    const intPem = await readFile(intermediateCertPath, 'latin1');
+    await writeFile(chainPath, intPem + rootPem);
+    return intPem;
+  }
 
   const names = new Set<string>();
+  // cleanup() waits for issuances still running, or their openssl would recreate files in a
+  // directory that was just removed and leave it behind.
+  const inFlight = new Set<Promise<unknown>>();
+  let closed = false;
 
-  async function issueLeaf(name: string, o: LeafOptions = {}): Promise<Leaf> {
+  function issueLeaf(name: string, o: LeafOptions = {}): Promise<Leaf> {
+    if (closed) return Promise.reject(new Error(`issueLeaf('${name}') after cleanup()`));
+    const p = issue(name, o);
+    inFlight.add(p);
+    const done = () => inFlight.delete(p);
+    p.then(done, done);
+    return p;
+  }
+
+  async function issue(name: string, o: LeafOptions): Promise<Leaf> {
     if (!/^[\w.@+-]+$/.test(name) || names.has(name)) throw new Error(`issueLeaf: name '${name}' must be unique and file-name safe`);
     names.add(name);
     const ldir = join(dir, 'leaf-' + name);
@@ -283,6 +337,7 @@ export async function createTestPki(opts: { keyType?: 'rsa' | 'ec' } = {}): Prom
     const p12Path = (password: string) => {
       let p = p12s.get(password);
       if (!p) {
+        if (closed) return Promise.reject(new Error(`p12Path() for '${name}' after cleanup()`));
         const out = lf(`bundle-${p12s.size}.p12`);
         p = openssl(['pkcs12', '-export', '-inkey', plainKeyPath, '-in', certPath, '-certfile', chainPath, '-name', name, '-passout', `pass:${password}`, '-out', out])
           .then(async () => {
@@ -290,6 +345,9 @@ export async function createTestPki(opts: { keyType?: 'rsa' | 'ec' } = {}): Prom
             return out;
           });
         p12s.set(password, p);
+        inFlight.add(p);
+        const done = () => inFlight.delete(p!);
+        p.then(done, done);
       }
       return p;
     };
@@ -303,6 +361,10 @@ export async function createTestPki(opts: { keyType?: 'rsa' | 'ec' } = {}): Prom
     intermediateCertPath,
     chainPath,
     issueLeaf,
-    cleanup: () => rm(dir, { recursive: true, force: true }),
+    async cleanup() {
+      closed = true;
+      await Promise.allSettled([...inFlight]);
+      await remove();
+    },
   };
 }

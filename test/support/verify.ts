@@ -1,9 +1,8 @@
 import { X509Certificate } from 'node:crypto';
 import { accessSync, constants } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
-import { run, type RunResult } from './pki.js';
+import { makeTempDir, run, type RunResult } from './pki.js';
 
 /**
  * Three independent S/MIME verifiers, the engines behind real clients: OpenSSL, gpgsm (KMail,
@@ -96,11 +95,11 @@ function outcome(r: RunResult, extra = ''): string {
 }
 
 async function withTempDir<T>(prefix: string, fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(tmpdir(), prefix));
+  const { dir, remove } = await makeTempDir(prefix);
   try {
     return await fn(dir);
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await remove();
   }
 }
 

@@ -1,0 +1,163 @@
+import { warning, type Finding } from './findings.js';
+import { loadPath, type LoadedBundle } from './load.js';
+import { validityFindings } from './validate.js';
+
+const USAGE = `Usage: smime-relay check-cert PATH [--password-file FILE] [--json]
+
+Checks a certificate bundle before you deploy it: a PEM file (private key, certificate and
+chain in any order), a PKCS#12 file (.p12/.pfx), or a directory of them.
+
+  --password-file FILE  passphrase of an encrypted key or PKCS#12 file, first line
+                        (what SMIME_RELAY_CERT_PASSWORD_FILE will name)
+  --json                machine-readable output
+  --help                this text
+
+Exit status: 0 when every bundle can sign, 1 when one cannot (the reasons are printed),
+2 for a usage error.
+`;
+
+interface Verdict {
+  readonly entry: LoadedBundle;
+  readonly canSign: boolean;
+  /** Cannot sign only because of its dates, and another bundle covers all its mailboxes today. */
+  readonly superseded: boolean;
+  readonly errors: Finding[];
+  readonly warnings: Finding[];
+  readonly daysLeft?: number;
+}
+
+const DAY = 86_400_000;
+
+/** `smime-relay check-cert`: the admin's check, with the same loader and rules the relay uses. */
+export async function checkCert(argv: string[], out: (s: string) => void, now: Date = new Date()): Promise<number> {
+  let path: string | undefined;
+  let passwordFile: string | undefined;
+  let json = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--help' || a === '-h') {
+      out(USAGE);
+      return 0;
+    } else if (a === '--json') json = true;
+    else if (a === '--password-file') {
+      passwordFile = argv[++i];
+      if (!passwordFile) return usage(out, '--password-file needs a file name');
+    } else if (a.startsWith('--password-file=')) passwordFile = a.slice('--password-file='.length);
+    else if (a.startsWith('-') && a !== '-') return usage(out, `unknown option '${a}'`);
+    else if (path === undefined) path = a;
+    else return usage(out, `only one PATH, got '${path}' and '${a}'`);
+  }
+  if (!path) return usage(out, 'PATH is missing');
+
+  const result = loadPath(path, { passwordFile });
+  const verdicts = judge(result.entries, now);
+  const ok = verdicts.length > 0 && verdicts.every((v) => v.canSign || v.superseded);
+
+  if (json) {
+    out(
+      JSON.stringify(
+        {
+          path,
+          mode: result.mode,
+          ok,
+          certificates: verdicts.map((v) => ({
+            source: v.entry.source,
+            resolved: v.entry.resolved,
+            format: v.entry.format,
+            canSign: v.canSign,
+            superseded: v.superseded,
+            mailboxes: v.entry.mailboxes,
+            subject: v.entry.details?.subject,
+            issuer: v.entry.details?.issuer,
+            serial: v.entry.details?.serial,
+            notBefore: v.entry.details?.notBefore.toISOString(),
+            notAfter: v.entry.details?.notAfter.toISOString(),
+            daysLeft: v.daysLeft,
+            key: v.entry.details?.key,
+            signatureAlgorithm: v.entry.details?.signatureAlgorithm,
+            chain: v.entry.details?.chain,
+            permissions: v.entry.permissions,
+            errors: v.errors.map(({ code, message }) => ({ code, message })),
+            warnings: v.warnings.map(({ code, message }) => ({ code, message })),
+          })),
+          skipped: result.skipped,
+        },
+        null,
+        2,
+      ),
+    );
+    return ok ? 0 : 1;
+  }
+
+  const lines: string[] = [];
+  for (const s of result.skipped) lines.push(`note: ${s.reason}`, '');
+  if (result.mode === 'directory' && verdicts.length === 0) lines.push(`'${path}' holds no certificate bundles.`);
+  for (const v of verdicts) {
+    const d = v.entry.details;
+    lines.push(`${v.entry.source}${v.entry.resolved ? ` -> ${v.entry.resolved}` : ''} (${v.entry.format === 'pkcs12' ? 'PKCS#12' : v.entry.format === 'pem' ? 'PEM' : 'unrecognised'})`);
+    if (d) {
+      const left = v.daysLeft === undefined ? '' : v.daysLeft < 0 ? ` (expired ${-v.daysLeft} day(s) ago)` : ` (${v.daysLeft} day(s) left)`;
+      lines.push(
+        `  mailboxes:    ${v.entry.mailboxes.length ? v.entry.mailboxes.join(', ') : '(none)'}`,
+        `  subject:      ${d.subject}`,
+        `  issuer:       ${d.issuer}`,
+        `  serial:       ${d.serial}`,
+        `  not before:   ${d.notBefore.toISOString()}`,
+        `  not after:    ${d.notAfter.toISOString()}${left}`,
+        `  key:          ${d.key.text}`,
+        `  signature:    ${d.signatureAlgorithm}`,
+        `  chain:        ${d.chain.status}: ${d.chain.text}`,
+      );
+    } else if (v.entry.mailboxes.length) {
+      lines.push(`  mailboxes:    ${v.entry.mailboxes.join(', ')}`);
+    }
+    lines.push(`  permissions:  ${v.entry.permissions.text}`);
+    for (const f of v.errors) lines.push(`  ERROR (${f.code}): ${f.message}`);
+    for (const f of v.warnings) lines.push(`  warning (${f.code}): ${f.message}`);
+    lines.push(
+      v.canSign
+        ? `  => can sign for ${v.entry.mailboxes.join(', ')}`
+        : v.superseded
+          ? `  => not used: another certificate covers ${v.entry.mailboxes.join(', ')} today`
+          : `  => CANNOT SIGN: ${v.errors.map((f) => f.code).join(', ')}`,
+      '',
+    );
+  }
+  lines.push(ok ? 'OK: the relay can sign with this.' : `NOT OK: ${verdicts.filter((v) => !v.canSign && !v.superseded).length} of ${verdicts.length} bundle(s) cannot sign.`);
+  out(lines.join('\n'));
+  return ok ? 0 : 1;
+}
+
+function usage(out: (s: string) => void, problem: string): number {
+  out(`check-cert: ${problem}\n\n${USAGE}`);
+  return 2;
+}
+
+/**
+ * Adds the clock's verdict. In a directory an expired or not-yet-valid certificate whose
+ * mailboxes all have another certificate valid today is the normal overlap of a renewal, so it
+ * is only a warning there.
+ */
+function judge(entries: readonly LoadedBundle[], now: Date): Verdict[] {
+  const timed = entries.map((entry) => {
+    const b = entry.bundle;
+    const time = b ? validityFindings(entry.source, b.notBefore, b.notAfter, now) : [];
+    return { entry, time, validNow: !!b && time.length === 0 };
+  });
+  return timed.map(({ entry, time }) => {
+    const covered = entry.mailboxes.length > 0 && entry.mailboxes.every((m) => timed.some((o) => o.entry !== entry && o.validNow && o.entry.mailboxes.includes(m)));
+    const timeFindings = covered ? time.map((f) => warning(f.code, `${f.message} Another certificate in the directory covers ${entry.mailboxes.join(', ')} today, so the relay uses that one.`)) : time;
+    const all = [...entry.findings, ...timeFindings];
+    const errors = all.filter((f) => f.severity === 'error');
+    const d = entry.details;
+    const canSign = errors.length === 0 && !!entry.bundle && time.length === 0;
+    return {
+      entry,
+      canSign,
+      superseded: !canSign && covered && errors.length === 0 && !!entry.bundle,
+      errors,
+      warnings: all.filter((f) => f.severity === 'warning'),
+      daysLeft: d ? Math.floor((d.notAfter.getTime() - now.getTime()) / DAY) : undefined,
+    };
+  });
+}
