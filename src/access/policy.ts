@@ -1,0 +1,192 @@
+import type { Logger } from 'pino';
+import type { SMTPServer, SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
+import { RelayError, replies, type SmtpReply } from '../smtp/reply.js';
+import { loadListenerTls, type ListenerTls, type ListenerTlsSettings } from './listener-tls.js';
+import { isLoopback, plainAddress, type AllowList } from './network.js';
+import type { Principal, Users } from './users.js';
+
+/**
+ * Who may use the relay, decided per SMTP session:
+ *
+ * | gate | when | refusal |
+ * |---|---|---|
+ * | SMIME_RELAY_ALLOW (network) | at connect | 554 5.7.1 |
+ * | TLS_MODE=required | MAIL FROM (AUTH is not offered before STARTTLS) | 530 5.7.0 |
+ * | SMIME_RELAY_USERS (identity) | MAIL FROM without AUTH | 530 5.7.0 |
+ * | the user's mailboxes | MAIL FROM, then the From header | 550 5.7.1 |
+ *
+ * Gates add up: with both ALLOW and USERS a client must come from a listed network and
+ * authenticate. AUTH is offered only over TLS, or without TLS to a client on the loopback range.
+ */
+export interface AccessOptions {
+  allow?: AllowList;
+  users?: Users;
+  tls?: ListenerTls;
+  /** Re-read on reload(). */
+  tlsSettings?: ListenerTlsSettings;
+  log: Logger;
+}
+
+/** What the connection itself was when it arrived, before XFORWARD could rename the client. */
+interface ConnectionFacts {
+  address: string;
+  loopback: boolean;
+}
+
+type SmtpServerError = Error & { responseCode: number };
+const asError = (r: SmtpReply): SmtpServerError => Object.assign(new Error(`${r.status} ${r.text}`), { responseCode: r.code });
+
+/** A user name as it may appear in a log line: only names from the users file (a mistyped password lands in the name field). */
+const MAX_LOGGED_NAME = 64;
+
+export class AccessPolicy {
+  private readonly connections = new WeakMap<SMTPServerSession, ConnectionFacts>();
+  private readonly principals = new WeakMap<SMTPServerSession, Principal>();
+  private tls: ListenerTls | undefined;
+
+  constructor(private readonly opts: AccessOptions) {
+    this.tls = opts.tls;
+  }
+
+  /** No gates: what a loopback listener without ALLOW, USERS or TLS gets. */
+  static open(log: Logger): AccessPolicy {
+    return new AccessPolicy({ log });
+  }
+
+  /** In SMIME_RELAY_ALLOW (false when there is no allow-list). */
+  allowListed(address: string): boolean {
+    return this.opts.allow?.allows(address) ?? false;
+  }
+
+  /** The smtp-server options this policy decides; the receiver spreads them into its own. */
+  serverOptions(): Partial<SMTPServerOptions> {
+    const tls = this.tls;
+    return {
+      secure: tls?.mode === 'implicit',
+      ...(tls ? { key: tls.key, cert: tls.cert } : {}),
+      // Without our own certificate smtp-server would offer STARTTLS with its built-in one,
+      // whose private key is public.
+      hideSTARTTLS: !tls || tls.mode === 'implicit',
+      disabledCommands: this.disabledFor(undefined),
+      authMethods: ['PLAIN', 'LOGIN'],
+      // Whether AUTH is offered is decided per session below (disabledCommands), so the
+      // library's single server-wide switch must not second-guess the loopback exception.
+      allowInsecureAuth: true,
+      // Authentication is demanded at MAIL FROM by admitSession(), with our reply text.
+      authOptional: true,
+      onConnect: (session, callback) => callback(this.connect(session)),
+      onSecure: (_socket, session, callback) => {
+        session.disabledCommands = this.disabledFor(session);
+        callback();
+      },
+      onAuth: (auth, session, callback) => {
+        this.authenticate(auth, session).then(
+          (user) => callback(null, { user }),
+          (e: unknown) => callback(e instanceof RelayError ? asError(e.reply) : (e as Error)),
+        );
+      },
+    };
+  }
+
+  /**
+   * Commands a session may not use. AUTH is hidden, not just refused, where it is not allowed:
+   * a client that reads EHLO then never sends a password in clear (Python's smtplib stops with
+   * "AUTH not supported"; AUTH LOGIN is refused before the password is asked for).
+   */
+  private disabledFor(session: SMTPServerSession | undefined): string[] {
+    const off: string[] = [];
+    if (!this.tls || this.tls.mode === 'implicit') off.push('STARTTLS');
+    if (!this.opts.users || !this.authAllowed(session)) off.push('AUTH');
+    return off;
+  }
+
+  private authAllowed(session: SMTPServerSession | undefined): boolean {
+    if (!session) return true;
+    if (session.secure) return true;
+    if (this.tls?.mode === 'required') return false;
+    return this.connections.get(session)?.loopback ?? false;
+  }
+
+  private connect(session: SMTPServerSession): SmtpServerError | undefined {
+    const address = plainAddress(session.remoteAddress);
+    this.connections.set(session, { address, loopback: isLoopback(address) });
+    const { allow, log } = this.opts;
+    if (allow && !allow.allows(address)) {
+      log.warn({ client: address }, 'connection refused: client address is not in SMIME_RELAY_ALLOW');
+      return asError(replies.clientNotAllowed(address));
+    }
+    session.disabledCommands = this.disabledFor(session);
+    return undefined;
+  }
+
+  private async authenticate(auth: SMTPServerAuthentication, session: SMTPServerSession): Promise<Principal> {
+    const { users, log } = this.opts;
+    const client = this.connections.get(session)?.address ?? session.remoteAddress;
+    // smtp-server only calls this for offered mechanisms; this guards a future option change.
+    if (!users) throw new RelayError(replies.authFailed());
+    if (!this.authAllowed(session)) throw new RelayError(replies.authNeedsTls());
+    const name = auth.username ?? '';
+    const principal = await users.authenticate(name, auth.password ?? '');
+    if (!principal) {
+      const known = users.has(name);
+      log.warn({ client, method: auth.method, ...(known ? { user: name.slice(0, MAX_LOGGED_NAME) } : { userKnown: false }) }, 'authentication failed');
+      throw new RelayError(replies.authFailed());
+    }
+    log.info({ client, user: principal.user, method: auth.method, tls: session.secure }, 'authenticated');
+    return principal;
+  }
+
+  /**
+   * The MAIL FROM gate: TLS when required, then AUTH when users are configured. Returns who is
+   * sending (undefined without a users file). Looked up afresh, so a reload that removed or
+   * narrowed a user applies to sessions that authenticated before it.
+   */
+  admitSession(session: SMTPServerSession): Principal | undefined {
+    this.principals.delete(session);
+    if (this.tls?.mode === 'required' && !session.secure) throw new RelayError(replies.tlsRequired());
+    const { users } = this.opts;
+    if (!users) return undefined;
+    const name = (session.user as Principal | undefined)?.user;
+    const principal = name === undefined ? undefined : users.principal(name);
+    if (!principal) throw new RelayError(replies.authRequired());
+    this.principals.set(session, principal);
+    return principal;
+  }
+
+  /** The principal admitted at this transaction's MAIL FROM; a users file without one admits nobody. */
+  principalOf(session: SMTPServerSession): Principal | undefined {
+    const principal = this.principals.get(session);
+    if (!principal && this.opts.users) throw new RelayError(replies.authRequired());
+    return principal;
+  }
+
+  /**
+   * SIGHUP: re-read the users file and the listener certificate. A broken file is logged and
+   * the previous one stays in service, as with the signing certificates.
+   */
+  reload(server?: SMTPServer): void {
+    const { users, tlsSettings, log } = this.opts;
+    if (users) {
+      try {
+        const status = users.reload();
+        log.info({ users: status.users, path: users.path }, 'users file reloaded');
+        if (status.worldReadable) log.warn({ path: users.path }, 'SMIME_RELAY_USERS is readable by every local user; chmod 640 it');
+      } catch (e) {
+        log.error({ path: users.path, err: (e as Error).message }, 'users file NOT reloaded; the previous users stay in service');
+      }
+    }
+    if (this.tls && tlsSettings) {
+      try {
+        const next = loadListenerTls({ ...tlsSettings, tlsMode: this.tls.mode });
+        if (next) {
+          server?.updateSecureContext({ key: next.key, cert: next.cert });
+          this.tls = next;
+          for (const w of next.warnings) log.warn(w);
+          log.info({ cert: tlsSettings.tlsCert }, 'listener TLS certificate reloaded');
+        }
+      } catch (e) {
+        log.error({ err: (e as Error).message }, 'listener TLS certificate NOT reloaded; the previous one stays in service');
+      }
+    }
+  }
+}
