@@ -1,0 +1,130 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { admitFromHeader } from '../admit/sender.js';
+import type { CertificateBundle } from '../certs/bundle.js';
+import { loadPath } from '../certs/load.js';
+import { validityFindings } from '../certs/validate.js';
+import { loadConfig } from '../config/load.js';
+import { alreadyProtected } from '../mime/already-protected.js';
+import { buildSignedMessage } from '../mime/multipart-signed.js';
+import { MimeError, prepareMessage } from '../mime/prepare.js';
+import type { SigningEngine } from '../signing/engine.js';
+import { NativeEngine } from '../signing/native.js';
+import { OpensslEngine } from '../signing/openssl.js';
+import { RelayError } from '../smtp/reply.js';
+
+export const SIGN_HELP = `Usage: smime-relay sign --cert PATH [--in FILE] [--out FILE] [options]
+
+Signs one message file the way the relay signs mail in transit: the same sender check, the same
+7-bit preparation and the same signing engine. The message is read from --in (default: standard
+input) and the signed message is written to --out (default: standard output).
+
+Options:
+  --cert PATH                 PEM bundle (key, certificate, chain), PKCS#12 file, or a directory of
+                              them (default: SMIME_RELAY_CERT)
+  --in FILE                   message to sign (default: standard input)
+  --out FILE                  where to write the signed message (default: standard output)
+  --engine openssl|native     signing engine (default: SMIME_RELAY_ENGINE, else openssl)
+  --header-protection off|clear
+                              copy From, To, Subject... into the signed part, RFC 9788
+                              (default: SMIME_RELAY_HEADER_PROTECTION, else off)
+  -h, --help                  show this help
+
+Exit status: 0 signed (or already signed/encrypted and copied unchanged), 1 refused or failed
+(for example: the From address is not covered by the certificate), 2 usage error.
+`;
+
+export interface SignIo {
+  readInput(path: string | undefined): Buffer;
+  writeOutput(path: string | undefined, data: Buffer): void;
+  error(line: string): void;
+}
+
+const defaultIo: SignIo = {
+  readInput: (path) => readFileSync(path ?? 0),
+  writeOutput: (path, data) => writeFileSync(path ?? 1, data),
+  error: (line) => process.stderr.write(`smime-relay sign: ${line}\n`),
+};
+
+class Refusal extends Error {}
+
+/**
+ * `smime-relay sign`: one message, offline. Everything it does is a pipeline stage the relay
+ * uses (admitFromHeader, prepareMessage, the engine, buildSignedMessage); only the input and
+ * output differ.
+ */
+export async function signCommand(argv: string[], io: SignIo = defaultIo): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      cert: { type: 'string' },
+      in: { type: 'string' },
+      out: { type: 'string' },
+      engine: { type: 'string' },
+      'header-protection': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: false,
+  });
+  if (values.help) {
+    process.stdout.write(SIGN_HELP);
+    return 0;
+  }
+  // The relay's own settings table validates the values and supplies the environment fallbacks.
+  const { config } = loadConfig({
+    flags: { cert: values.cert, engine: values.engine, headerProtection: values['header-protection'] },
+    env: process.env,
+  });
+  if (!config.cert) {
+    io.error('--cert PATH is required (or set SMIME_RELAY_CERT). See smime-relay sign --help.');
+    return 2;
+  }
+
+  let engine: SigningEngine | undefined;
+  try {
+    const bundles = loadBundles(config.cert);
+    const raw = io.readInput(values.in);
+
+    const protectedAs = alreadyProtected(raw);
+    if (protectedAs) {
+      io.error(`the message is already ${protectedAs}; copied unchanged instead of signing it twice`);
+      io.writeOutput(values.out, raw);
+      return 0;
+    }
+
+    const covered = [...new Set(bundles.flatMap((b) => b.mailboxes))];
+    const from = admitFromHeader(raw, covered);
+    const bundle = bundles.find((b) => b.mailboxes.includes(from))!;
+    const invalid = validityFindings(bundle.source, bundle.notBefore, bundle.notAfter, new Date());
+    if (invalid.length) throw new Refusal(invalid.map((f) => f.message).join('; '));
+
+    const prepared = prepareMessage(raw, { headerProtection: config.headerProtection });
+    engine = config.engine === 'native' ? new NativeEngine() : new OpensslEngine({ timeoutMs: config.signTimeoutMs });
+    const signed = buildSignedMessage(prepared, await engine.sign(prepared.entity, bundle));
+    io.writeOutput(values.out, signed);
+    return 0;
+  } catch (e) {
+    if (e instanceof RelayError) io.error(`refused: ${e.reply.text}`);
+    else if (e instanceof MimeError) io.error(`refused: the message cannot be made 7-bit safe for signing: ${e.message}`);
+    else if (e instanceof Refusal) io.error(`refused: ${e.message}`);
+    else if (isFileError(e)) io.error(`${e.message}`);
+    else throw e;
+    return 1;
+  } finally {
+    await engine?.close();
+  }
+}
+
+function loadBundles(path: string): CertificateBundle[] {
+  const loaded = loadPath(path);
+  const bundles = loaded.entries.flatMap((e) => (e.bundle ? [e.bundle] : []));
+  if (bundles.length === 0) {
+    const why = loaded.entries.flatMap((e) => e.findings.filter((f) => f.severity === 'error').map((f) => f.message));
+    throw new Refusal(`no usable certificate in '${path}'${why.length ? `: ${why.join('; ')}` : ''}`);
+  }
+  return bundles;
+}
+
+function isFileError(e: unknown): e is NodeJS.ErrnoException {
+  return e instanceof Error && typeof (e as NodeJS.ErrnoException).code === 'string' && 'syscall' in e;
+}
