@@ -1,0 +1,75 @@
+import type { Logger } from 'pino';
+import type { CertificateStore } from '../certs/store.js';
+import type { Upstream } from '../upstream/upstream.js';
+import { startObservabilityServer, type ObservabilityServer } from './http.js';
+import { certificatesInService } from './in-service.js';
+import { createPrometheusMetrics, type PrometheusMetrics } from './prometheus.js';
+import { Readiness } from './readiness.js';
+import { noMetrics, type RelayMetrics } from './relay-metrics.js';
+
+export interface ServeDeps {
+  certs: CertificateStore;
+  upstream: Upstream;
+  log: Logger;
+  /** True while the SMTP listener accepts connections. */
+  live: () => boolean;
+  connections: () => number;
+  /** Upstream probe interval; tests shorten it. */
+  probeIntervalMs?: number;
+}
+
+/**
+ * Metrics and health endpoints for one relay. Created before the pieces it watches (the
+ * certificate store needs its reload-failure hook at construction) and started once they exist.
+ * With SMIME_RELAY_METRICS unset every hook is a no-op and nothing listens.
+ */
+export class Observability {
+  readonly metrics: RelayMetrics;
+  private readonly prometheus: PrometheusMetrics | undefined;
+  private deps: ServeDeps | undefined;
+  private server: ObservabilityServer | undefined;
+  private readiness: Readiness | undefined;
+
+  constructor(private readonly listen: { host: string; port: number } | undefined) {
+    this.prometheus = listen
+      ? createPrometheusMetrics({
+          certificates: () => (this.deps ? certificatesInService(this.deps.certs) : []),
+          connections: () => this.deps?.connections() ?? 0,
+        })
+      : undefined;
+    this.metrics = this.prometheus ?? noMetrics;
+  }
+
+  /** For the certificate store's onReloadFailure. */
+  readonly reloadFailure = (): void => this.prometheus?.reloadFailure();
+
+  /** The bound address of the metrics listener, once serving. */
+  get address(): { host: string; port: number } | undefined {
+    return this.server?.address;
+  }
+
+  async serve(deps: ServeDeps): Promise<void> {
+    if (!this.listen || !this.prometheus) return;
+    this.deps = deps;
+    this.readiness = new Readiness({ certs: deps.certs, upstream: deps.upstream, log: deps.log, intervalMs: deps.probeIntervalMs });
+    try {
+      this.server = await startObservabilityServer({
+        ...this.listen,
+        registry: this.prometheus.registry,
+        readiness: this.readiness,
+        live: deps.live,
+        log: deps.log,
+      });
+    } catch (e) {
+      throw new Error(`SMIME_RELAY_METRICS ${this.listen.host}:${this.listen.port}: cannot listen (${(e as Error).message})`);
+    }
+    this.readiness.start();
+    const { host, port } = this.server.address;
+    deps.log.info({ metrics: `http://${host.includes(':') ? `[${host}]` : host}:${port}/metrics` }, 'metrics and health endpoints listening');
+  }
+
+  async close(): Promise<void> {
+    this.readiness?.close();
+    await this.server?.close();
+  }
+}

@@ -1,0 +1,87 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { CertificateBundle } from '../certs/bundle.js';
+import { OUTCOMES, STAGES } from './outcome.js';
+import type { RelayMetrics } from './relay-metrics.js';
+
+export interface PrometheusMetricsOptions {
+  /** The certificates in service now; read at every scrape so a hot reload shows at once. */
+  certificates: () => readonly CertificateBundle[];
+  /** Open client connections, read at every scrape. */
+  connections: () => number;
+  now?: () => Date;
+}
+
+export interface PrometheusMetrics extends RelayMetrics {
+  /** One registry per relay, so several relays in one process (tests) keep separate counts. */
+  readonly registry: Registry;
+  reloadFailure(): void;
+}
+
+export function createPrometheusMetrics(opts: PrometheusMetricsOptions): PrometheusMetrics {
+  const registry = new Registry();
+  const registers = [registry];
+  const now = opts.now ?? (() => new Date());
+
+  const messages = new Counter({
+    name: 'smime_relay_messages_total',
+    help: 'Messages by what became of them.',
+    labelNames: ['outcome'] as const,
+    registers,
+  });
+  // Every outcome exists from the start, so rate() and alerts work before the first failure.
+  for (const outcome of OUTCOMES) messages.inc({ outcome }, 0);
+
+  const stages = new Histogram({
+    name: 'smime_relay_stage_duration_seconds',
+    help: 'Time spent per pipeline stage: prepare (7-bit, CRLF), sign, upstream (until its reply).',
+    labelNames: ['stage'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers,
+  });
+  for (const stage of STAGES) stages.zero({ stage });
+
+  const sizes = new Histogram({
+    name: 'smime_relay_message_size_bytes',
+    help: 'Size of messages as received, before signing.',
+    buckets: [1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864],
+    registers,
+  });
+
+  new Gauge({
+    name: 'smime_relay_certificate_expiry_seconds',
+    help: 'Seconds until the notAfter of each certificate in service (negative once expired).',
+    labelNames: ['mailbox', 'serial'] as const,
+    registers,
+    collect() {
+      // Rebuilt per scrape: a certificate replaced by a reload must not linger as a stale series.
+      this.reset();
+      const t = now().getTime();
+      for (const b of opts.certificates()) {
+        for (const mailbox of b.mailboxes) this.set({ mailbox, serial: b.serial }, Math.round((b.notAfter.getTime() - t) / 1000));
+      }
+    },
+  });
+
+  const reloadFailures = new Counter({
+    name: 'smime_relay_certificate_reload_failures_total',
+    help: 'Changed certificate files that could not be used (the previous certificate stayed in service).',
+    registers,
+  });
+
+  new Gauge({
+    name: 'smime_relay_open_connections',
+    help: 'Open SMTP client connections.',
+    registers,
+    collect() {
+      this.set(opts.connections());
+    },
+  });
+
+  return {
+    registry,
+    outcome: (outcome) => messages.inc({ outcome }),
+    stage: (stage, seconds) => stages.observe({ stage }, seconds),
+    size: (bytes) => sizes.observe(bytes),
+    reloadFailure: () => reloadFailures.inc(),
+  };
+}
