@@ -1,0 +1,249 @@
+/** Figures of one benchmark run, the targets of issue 7, and the Markdown that bench/results/latest.md holds. */
+
+export interface Measured {
+  msgPerSec: number;
+  messages: number;
+  /** ms per message */
+  latencies: number[];
+  /** connect→220, ms, for new connections under load */
+  greetings: number[];
+  /** relay process utime+stime per message, ms */
+  cpuMsPerMsg: number;
+  /** the same plus the openssl children it reaped */
+  cpuMsPerMsgWithChildren: number;
+  errors: number;
+  firstError?: string;
+}
+
+export interface LargeResult {
+  n: number;
+  size: number;
+  /** VmRSS after start and one small message */
+  baselineRss: number;
+  /** VmHWM of the relay process at the end */
+  peakHwm: number;
+  /** highest sampled VmRSS of the relay plus its live children (openssl) */
+  peakTree: number;
+  seconds: number;
+  latencies: number[];
+  errors: string[];
+}
+
+export interface ConfigResult {
+  name: 'unsigned' | 'openssl' | 'native';
+  label: string;
+  idleRss: number;
+  afterLoad: { rss: number; hwm: number };
+  greetings: number[];
+  reused: Measured;
+  newConn: Measured;
+  source?: { reused: CrossCheck; newConn: CrossCheck };
+  large1?: LargeResult;
+  large10?: LargeResult;
+}
+
+interface CrossCheck {
+  msgPerSec: number;
+  messages: number;
+  error?: string;
+}
+
+export interface RunInfo {
+  machine: {
+    cores: number;
+    memoryGiB: number;
+    cpu: string;
+    kernel: string;
+    node: string;
+    openssl: string;
+    smtpServer: string;
+    date: string;
+    /** 1-minute load average when the run started and ended: other work on the machine skews everything */
+    loadBefore: number;
+    loadAfter?: number;
+  };
+  quick: boolean;
+  params: { sessions: number; warmupMs: number; measureMs: number; greetings: number; smallSize: number; largeSize: number; largeConcurrent: number };
+  sink: string;
+  loadGenerator: string;
+  reference: { msgPerSec: number; errors: number } | undefined;
+  elapsedSeconds?: number;
+}
+
+export interface Target {
+  figure: string;
+  target: string;
+  measured: string;
+  pass: boolean | undefined;
+}
+
+/** Nearest-rank percentile. */
+export function percentile(values: number[], p: number): number {
+  if (!values.length) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+const MiB = 2 ** 20;
+const f0 = (n: number) => (Number.isFinite(n) ? n.toFixed(0) : '–');
+const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '–');
+const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : '–');
+const mib = (n: number) => `${f0(n / MiB)} MiB`;
+
+export function evaluateTargets(results: ConfigResult[], largeSize: number): Target[] {
+  const by = (name: ConfigResult['name']) => results.find((r) => r.name === name);
+  const unsigned = by('unsigned');
+  const openssl = by('openssl');
+  const native = by('native');
+  const targets: Target[] = [];
+  const ratio = (a?: Measured, b?: Measured) => (a && b && b.msgPerSec ? a.msgPerSec / b.msgPerSec : NaN);
+  const clean = (...m: (Measured | undefined)[]) => m.every((x) => x && x.errors === 0);
+  const check = (value: number, ok: (v: number) => boolean, valid = true) => (Number.isFinite(value) && valid ? ok(value) : undefined);
+
+  const nativeRatio = ratio(native?.reused, unsigned?.reused);
+  targets.push({
+    figure: 'native engine signed throughput, 2 KB, 20 sessions',
+    target: '≥ 0.55 × unsigned pass-through',
+    measured: `${f2(nativeRatio)} × (${f0(native?.reused.msgPerSec ?? NaN)} vs ${f0(unsigned?.reused.msgPerSec ?? NaN)} msg/s)`,
+    pass: check(nativeRatio, (v) => v >= 0.55, clean(native?.reused, unsigned?.reused)),
+  });
+  const opensslRatio = ratio(openssl?.reused, unsigned?.reused);
+  targets.push({
+    figure: 'openssl engine signed throughput',
+    target: '≥ 0.09 × unsigned pass-through',
+    measured: `${f2(opensslRatio)} × (${f0(openssl?.reused.msgPerSec ?? NaN)} msg/s)`,
+    pass: check(opensslRatio, (v) => v >= 0.09, clean(openssl?.reused, unsigned?.reused)),
+  });
+  const greetingMedian = percentile(native?.greetings ?? [], 50);
+  targets.push({
+    figure: 'connect → 220 greeting, median, loopback',
+    target: '≤ 5 ms',
+    measured: `${f2(greetingMedian)} ms (p99 ${f2(percentile(native?.greetings ?? [], 99))} ms, ${native?.greetings.length ?? 0} connects to an idle relay)`,
+    pass: check(greetingMedian, (v) => v <= 5),
+  });
+  const connRatio = ratio(native?.newConn, native?.reused);
+  targets.push({
+    figure: 'new-connection-per-message, signed native, 20 sessions',
+    target: '≥ 0.5 × the reused-connection figure',
+    measured: `${f2(connRatio)} × (${f0(native?.newConn.msgPerSec ?? NaN)} vs ${f0(native?.reused.msgPerSec ?? NaN)} msg/s)`,
+    pass: check(connRatio, (v) => v >= 0.5, clean(native?.newConn, native?.reused)),
+  });
+  const p99 = percentile(native?.reused.latencies ?? [], 99);
+  targets.push({
+    figure: 'p99 latency, native engine, 20 sessions, reused connections',
+    target: '≤ 30 ms',
+    measured: `${f1(p99)} ms (p50 ${f1(percentile(native?.reused.latencies ?? [], 50))} ms)`,
+    pass: check(p99, (v) => v <= 30, clean(native?.reused)),
+  });
+  const large = results.filter((r) => r.large10);
+  const worstPeak = Math.max(...large.map((r) => r.large10!.peakHwm));
+  targets.push({
+    figure: `peak RSS with ${large[0]?.large10?.n ?? 10} concurrent 25 MB messages (relay process, VmHWM)`,
+    target: '≤ 1.2 GB',
+    measured: large.map((r) => `${r.name} ${mib(r.large10!.peakHwm)}`).join(', '),
+    pass: check(worstPeak, (v) => v <= 1.2e9, large.length > 0 && large.every((r) => r.large10!.errors.length === 0)),
+  });
+  const perMessage = (r: LargeResult) => (r.peakHwm - r.baselineRss) / r.n / largeSize;
+  const worstPer = Math.max(...large.map((r) => perMessage(r.large10!)));
+  targets.push({
+    figure: 'RSS increase per in-flight 25 MB message (10 concurrent)',
+    target: '≤ about 4 × its size',
+    measured: large.map((r) => `${r.name} ${f1(perMessage(r.large10!))} ×`).join(', '),
+    pass: check(worstPer, (v) => v <= 4, large.length > 0),
+  });
+  return targets;
+}
+
+function latencyCells(m: Measured): string {
+  return `${f1(percentile(m.latencies, 50))} | ${f1(percentile(m.latencies, 95))} | ${f1(percentile(m.latencies, 99))}`;
+}
+
+export function renderReport(info: RunInfo, results: ConfigResult[], targets: Target[]): string {
+  const m = info.machine;
+  const by = (name: ConfigResult['name']) => results.find((r) => r.name === name);
+  const u = by('unsigned')?.reused.msgPerSec ?? NaN;
+  const o = by('openssl')?.reused.msgPerSec ?? NaN;
+  const n = by('native')?.reused.msgPerSec ?? NaN;
+  const nNew = by('native')?.newConn.msgPerSec ?? NaN;
+  const out: string[] = [];
+  out.push(`# smime-relay benchmark results`, '');
+  out.push(
+    `Written by \`npm run bench${info.quick ? ' -- --quick' : ''}\` on ${m.date}. All figures come from this one run, ` +
+      'on loopback, configurations side by side; the machines are shared and noisy, so read the ratios, ' +
+      'and the absolute numbers as context.',
+    '',
+  );
+  out.push('## Headline', '');
+  out.push(`- The **native engine** signs at **${f2(n / u)} ×** the throughput of unsigned pass-through (${f0(n)} vs ${f0(u)} msg/s, 2 KB, 20 sessions, reused connections).`);
+  out.push(`- The **openssl engine** (one \`openssl cms\` process per message) reaches **${f2(o / u)} ×** (${f0(o)} msg/s); the native engine is **${f1(n / o)} ×** faster.`);
+  out.push(`- **One new connection per message** (native engine) runs at **${f2(nNew / n)} ×** the reused-connection figure: there is no greeting delay for loopback clients (connect→220 median ${f2(percentile(by('native')?.greetings ?? [], 50))} ms; smtp-server alone waits 100 ms).`);
+  const l10 = by('native')?.large10;
+  if (l10) out.push(`- **${l10.n} concurrent 25 MB messages** (native engine) peak at **${mib(l10.peakHwm)}** RSS, ${f1((l10.peakHwm - l10.baselineRss) / l10.n / l10.size)} × the size per in-flight message.`);
+  out.push('');
+  out.push('## Targets (issue 7)', '', '| figure | target | measured | result |', '|---|---|---|---|');
+  for (const t of targets) out.push(`| ${t.figure} | ${t.target} | ${t.measured} | ${t.pass === undefined ? 'n/a' : t.pass ? 'pass' : '**FAIL**'} |`);
+  out.push('');
+  out.push('## 2 KB messages, 20 sessions', '');
+  out.push(
+    '| configuration | connections | msg/s | p50 ms | p95 ms | p99 ms | relay CPU ms/msg | incl. openssl children | smtp-source msg/s | errors |',
+    '|---|---|---|---|---|---|---|---|---|---|',
+  );
+  for (const r of results) {
+    for (const [kind, mm, src] of [
+      ['reused', r.reused, r.source?.reused],
+      ['new per message', r.newConn, r.source?.newConn],
+    ] as const) {
+      const srcCell = src ? (src.error ? `error: ${src.error}` : f0(src.msgPerSec)) : '–';
+      out.push(
+        `| ${r.name} | ${kind} | ${f0(mm.msgPerSec)} | ${latencyCells(mm)} | ${f2(mm.cpuMsPerMsg)} | ${f2(mm.cpuMsPerMsgWithChildren)} | ${srcCell} | ${mm.errors ? `${mm.errors} (${mm.firstError})` : 0} |`,
+      );
+    }
+  }
+  if (info.reference) out.push('', `Reference, no relay: the same client straight into the sink moves ${f0(info.reference.msgPerSec)} msg/s (the ceiling of client + sink on this machine).`);
+  out.push('');
+  out.push('## Connect → 220', '');
+  out.push('| configuration | idle relay, sequential connects: median | p99 | under load (new connection per message): median | p99 |', '|---|---|---|---|---|');
+  for (const r of results) {
+    out.push(`| ${r.name} | ${f2(percentile(r.greetings, 50))} ms | ${f2(percentile(r.greetings, 99))} ms | ${f2(percentile(r.newConn.greetings, 50))} ms | ${f2(percentile(r.newConn.greetings, 99))} ms |`);
+  }
+  out.push('');
+  out.push('## 25 MB messages: memory', '');
+  out.push(
+    '| configuration | in flight | wall time | baseline RSS | peak RSS (VmHWM) | increase per message | peak incl. openssl children | errors |',
+    '|---|---|---|---|---|---|---|---|',
+  );
+  for (const r of results) {
+    for (const l of [r.large1, r.large10]) {
+      if (!l) continue;
+      out.push(
+        `| ${r.name} | ${l.n} | ${f1(l.seconds)} s | ${mib(l.baselineRss)} | ${mib(l.peakHwm)} | ${f1((l.peakHwm - l.baselineRss) / l.n / l.size)} × size | ${mib(l.peakTree)} | ${l.errors.length ? l.errors[0] : 0} |`,
+      );
+    }
+  }
+  out.push('');
+  out.push('## Machine', '');
+  out.push(`- ${m.cores} cores (${m.cpu}), ${f1(m.memoryGiB)} GiB memory, Linux ${m.kernel}`);
+  out.push(`- Node ${m.node}; ${m.openssl}; smtp-server ${m.smtpServer}`);
+  out.push(`- sink: ${info.sink}; load: ${info.loadGenerator}`);
+  out.push(`- run took ${f0(info.elapsedSeconds ?? NaN)} s${info.quick ? ' (--quick)' : ''}; 1-minute load average ${f1(m.loadBefore)} at the start, ${f1(m.loadAfter ?? NaN)} at the end`);
+  if (Math.max(m.loadBefore, m.loadAfter ?? 0) > m.cores) {
+    out.push(`- **The machine was busy with other work during this run (load average above ${m.cores}); every absolute figure is inflated, and ratios are only roughly comparable.**`);
+  }
+  out.push('');
+  out.push('## Method', '');
+  out.push(
+    `- Each configuration is a separate relay process, \`node dist/cli.js serve\`, with LOG_LEVEL=info (one log line per message, as in production), ` +
+      'an RSA-2048 certificate generated for this run, and the default upstream pool (8 connections) into the sink.',
+    '- Clients declare SIZE= on MAIL FROM, as Python smtplib, nodemailer and Postfix do; the relay then receives each message into one buffer of that size.',
+    `- Load is closed-loop: ${info.params.sessions} sessions each send the next message when the previous one is answered. ` +
+      `After ${info.params.warmupMs} ms of warm-up, only transactions that start and end inside a ${info.params.measureMs} ms window count. ` +
+      'Latency is MAIL FROM → 250 after the data with reused connections, connect → 250 with a new connection per message.',
+    '- The client, the relay and the sink share the same cores, so every configuration is measured under the same handicap.',
+    '- CPU per message: utime+stime of the relay process from /proc/PID/stat across the window; "incl. openssl children" adds cutime+cstime, the openssl processes it reaped.',
+    `- Memory: a fresh relay per scenario; baseline VmRSS after one small message, peak VmHWM from /proc/PID/status after ${info.params.largeConcurrent} simultaneous connections each sent one ${f0(info.params.largeSize / 1e6)} MB message (a text part and a base64 attachment). "incl. openssl children" samples the relay plus its live children every 20 ms.`,
+    '- smtp-source (Postfix) cross-checks throughput: `smtp-source [-d] -s 20 -m N -l 2048`, its message count sized to run about as long as a few seconds; msg/s from its wall time.',
+    `- connect → 220: ${info.params.greetings} sequential connections to an idle relay, then the same figure for every new connection under load.`,
+  );
+  out.push('');
+  return out.join('\n');
+}
