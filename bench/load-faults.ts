@@ -240,6 +240,24 @@ for (const [id] of dupTold) {
   const why = (attempts.get(id) ?? ['?']).join(' then ');
   dupReasons.set(why, (dupReasons.get(why) ?? 0) + 1);
 }
+/** Why clients were refused, from the reply text the relay gave. */
+const refusalReasons = new Map<string, number>();
+for (const v of told.values()) {
+  if (v.told === 250) continue;
+  const t = v.text;
+  const why = /stayed busy/.test(t)
+    ? 'relay: every upstream connection stayed busy for the whole timeout; the message was not sent'
+    : /no answer within/.test(t)
+      ? 'relay: the upstream did not answer within the timeout'
+      : /\b421\b/.test(t)
+        ? 'upstream answered 421'
+        : /\b45\d\b/.test(t)
+          ? 'upstream answered 450/451'
+          : /ECONNECTION|ECONNRESET|closed|socket|EPIPE/i.test(t)
+            ? 'upstream connection lost (hang-up mid-DATA or after the final dot)'
+            : `${v.told}: ${t.slice(0, 80)}`;
+  refusalReasons.set(why, (refusalReasons.get(why) ?? 0) + 1);
+}
 const faultCounts = new Map<string, number>();
 for (const fs of attempts.values()) for (const f of fs) faultCounts.set(f, (faultCounts.get(f) ?? 0) + 1);
 
@@ -307,6 +325,17 @@ The relay exited with code ${exitCode} on SIGTERM at the end. It logged ${relayL
 ${faultRows.map(([n, c]) => `| ${n} | ${c} |`).join('\n')}
 | hang up in the middle of DATA (after 400 bytes) | ${faultAt.dropMidData} |
 
+## Why clients were refused
+
+| reason (from the relay's reply) | messages |
+|---|---:|
+${[...refusalReasons].sort((a, b) => b[1] - a[1]).map(([why, n]) => `| ${why} | ${n} |`).join('\n') || '| (none) | 0 |'}
+
+${[...told.values()].some((v) => /stayed busy/.test(v.text)) ? `Slow replies and hang-ups keep upstream connections (\`SMIME_RELAY_UPSTREAM_POOL_SIZE\`, 8) busy,
+so with ${CLIENTS} clients some messages could not get a connection within the timeout: the relay then
+answered 451 without sending them — back-pressure the client's queue absorbs, never a silent queue
+inside the relay that could still send after the client was told 451.
+` : ''}
 ## Duplicates explained
 
 A duplicate is a message the client was told 4xx for (so it will send it again) while the upstream
@@ -321,7 +350,8 @@ ${[...dupReasons].map(([why, n]) => `| ${why} | ${n} |`).join('\n') || '| (none)
 
 "slow-past-timeout" is the expected cause: the upstream answered 250 after the relay had stopped
 waiting (\`SMIME_RELAY_UPSTREAM_TIMEOUT_MS\`), so the relay told the client 451 while the upstream
-queued the message. Raising the timeout above the upstream's worst reply time closes most of this
+queued the message. "slow-within-timeout" is the same case at the edge: a reply delay just under
+the timeout plus the time to transfer the message went over it. Raising the timeout above the upstream's worst reply time closes most of this
 window; Postfix's own \`smtp_data_done_timeout\` is 600 s for the same reason.
 ${multiCopies.length ? `\nMessages held more than once: ${multiCopies.length}; nodemailer re-sends on a fresh pooled connection when one dies under it (\`maxRequeues\`), which can deliver twice when the first copy was in fact taken.\n` : ''}${failures.length ? `\nSignature failures:\n\n${failures.slice(0, 20).map((f) => `- ${f}`).join('\n')}\n` : ''}`;
 

@@ -1,15 +1,18 @@
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { loadPemBundle, type CertificateBundle } from './certs/bundle.js';
+import { openAccess } from './access/open.js';
 import { DEV_MAILBOX, ensureDevCertificate } from './certs/dev.js';
-import type { CertificateStore } from './certs/store.js';
+import { openCertificateStore, type CertificateStore } from './certs/store.js';
 import type { Config } from './config/settings.js';
 import { ConfigError } from './config/load.js';
+import { dkimSigningFrom, withDkimSigning, type DkimSigning } from './dkim/signing.js';
+import { Observability } from './metrics/observability.js';
 import { Pipeline } from './pipeline.js';
-import { NativeEngine } from './signing/native.js';
-import { OpensslEngine } from './signing/openssl.js';
-import type { SigningEngine } from './signing/engine.js';
+import { checkOpensslVersion } from './signing/openssl-version.js';
+import { createEngine } from './signing/create.js';
+import { greetingDelay } from './smtp/greeting.js';
 import { createReceiver } from './smtp/server.js';
+import { SessionPolicy } from './smtp/sessions.js';
 import { FileUpstream } from './upstream/file.js';
 import { SmtpUpstream } from './upstream/smtp.js';
 import type { Upstream } from './upstream/upstream.js';
@@ -18,25 +21,28 @@ export interface RunningRelay {
   readonly address: { host: string; port: number };
   readonly certs: CertificateStore;
   readonly upstream: Upstream;
+  /** Where /metrics, /healthz and /readyz are served (SMIME_RELAY_METRICS); undefined when off. */
+  readonly metricsAddress?: { host: string; port: number };
+  /** SIGHUP: re-read the certificates, the users file and the listener's TLS certificate. */
+  reload(): void;
   /** Stop accepting, let transactions in progress finish, close the upstream pool. */
   close(): Promise<void>;
 }
 
-/** Temporary: one PEM bundle, read once. */
-function singleBundleStore(path: string): CertificateStore {
-  const bundle: CertificateBundle = loadPemBundle(path);
-  return {
-    mailboxes: () => [...bundle.mailboxes],
-    lookup: (m) => (bundle.mailboxes.includes(m) ? { kind: 'ok', bundle } : { kind: 'unknown' }),
-    reload: () => {},
-    close: () => {},
-  };
-}
-
-function createUpstream(config: Config, log: Logger): Upstream {
+function createUpstream(config: Config, log: Logger, dkim: DkimSigning | undefined): Upstream {
   const target = config.upstream;
-  if (target.kind === 'file') return new FileUpstream(target.dir);
-  return new SmtpUpstream({ target, timeoutMs: config.upstreamTimeoutMs, poolSize: config.upstreamPoolSize, log });
+  if (target.kind === 'file') {
+    const file = new FileUpstream(target.dir);
+    return dkim ? withDkimSigning(file, dkim) : file;
+  }
+  return new SmtpUpstream({
+    dkim,
+    target,
+    timeoutMs: config.upstreamTimeoutMs,
+    poolSize: config.upstreamPoolSize,
+    log,
+    rejectUnauthorized: config.upstreamTlsVerify,
+  });
 }
 
 function resolveCertificatePath(config: Config, log: Logger): string {
@@ -44,10 +50,17 @@ function resolveCertificatePath(config: Config, log: Logger): string {
   if (config.upstream.kind !== 'file') {
     throw new ConfigError(
       'SMIME_RELAY_CERT is not set. The development certificate is only used with a file: upstream, because ' +
-        'no client trusts it. Set SMIME_RELAY_CERT (--cert) to your PEM bundle.',
+        'no client trusts it. Set SMIME_RELAY_CERT (--cert) to your PEM bundle, PKCS#12 file or certificate directory.',
     );
   }
-  const dev = ensureDevCertificate();
+  let dev: ReturnType<typeof ensureDevCertificate>;
+  try {
+    dev = ensureDevCertificate();
+  } catch (e) {
+    // Generating it needs openssl: say so plainly when that is what failed.
+    checkOpensslVersion('openssl', 'the development certificate (no SMIME_RELAY_CERT) has to be generated');
+    throw e;
+  }
   log.warn(
     { cert: dev.bundlePath, ca: dev.caCertPath, created: dev.created },
     `using a DEVELOPMENT certificate for ${DEV_MAILBOX} that no mail client trusts; set SMIME_RELAY_CERT for real use`,
@@ -55,19 +68,53 @@ function resolveCertificatePath(config: Config, log: Logger): string {
   return dev.bundlePath;
 }
 
-export async function startRelay(config: Config, log: Logger): Promise<RunningRelay> {
-  const certs = singleBundleStore(resolveCertificatePath(config, log));
-  const engine: SigningEngine =
-    config.engine === 'native' ? new NativeEngine() : new OpensslEngine({ timeoutMs: config.signTimeoutMs });
-  const upstream = createUpstream(config, log);
+/** Knobs that are not user settings; tests shorten the upstream probe interval. */
+export interface RelayInternals {
+  probeIntervalMs?: number;
+  /** The openssl binary the openssl engine runs; fault tests point it at a script that crashes or hangs. */
+  openssl?: string;
+}
+
+export async function startRelay(config: Config, log: Logger, internals: RelayInternals = {}): Promise<RunningRelay> {
+  // First: an exposed listener without ALLOW or USERS must stop the relay before anything else happens.
+  const access = await openAccess(config, log);
+  // Before anything is opened: a missing or pre-3.0 openssl is a start-up error, not 451 on every message.
+  if (config.engine === 'openssl') log.debug({ openssl: checkOpensslVersion(internals.openssl) }, 'openssl found');
+  const observability = new Observability(config.metrics);
+  const certs = openCertificateStore({
+    path: resolveCertificatePath(config, log),
+    passwordFile: config.certPasswordFile,
+    log,
+    onReloadFailure: () => observability.reloadFailure(),
+  });
+  const engine = createEngine(config, internals.openssl);
+  const upstream = createUpstream(config, log, dkimSigningFrom(config));
   const pipeline = new Pipeline({
     certs,
     engine,
     upstream,
     log,
-    options: { signing: config.signing, headerProtection: 'off' },
+    options: { lmtp: config.lmtp, signing: config.signing, headerProtection: config.headerProtection, onMissingCert: config.onMissingCert, stripDkim: config.stripDkim },
+    metrics: observability.metrics,
   });
-  const server = createReceiver(pipeline, { maxSize: config.maxSize, log });
+  const sessions = new SessionPolicy({
+    maxClients: config.maxClients,
+    maxClientsPerIp: config.maxClientsPerIp,
+    maxRecipients: config.maxRecipients,
+    idleTimeoutMs: config.idleTimeoutMs,
+    transactionTimeoutMs: config.transactionTimeoutMs,
+    shutdownTimeoutMs: config.shutdownTimeoutMs,
+    log,
+  });
+  const server = createReceiver(pipeline, {
+    sessions,
+    lmtp: config.lmtp,
+    maxSize: config.maxSize,
+    log,
+    proxyProtocol: config.proxyProtocol,
+    greetingDelay: greetingDelay({ delayMs: config.greetingDelayMs, isTrusted: (a) => access.allowListed(a) }),
+    access,
+  });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.listen.port, config.listen.host, () => {
@@ -81,12 +128,33 @@ export async function startRelay(config: Config, log: Logger): Promise<RunningRe
     { listen: `${bound.address}:${bound.port}`, upstream: upstream.description, signsFor: certs.mailboxes(), signing: config.signing, engine: engine.name },
     'smime-relay listening',
   );
+  try {
+    await observability.serve({
+      certs,
+      upstream,
+      log,
+      live: () => server.server.listening,
+      connections: () => server.connections.size,
+      probeIntervalMs: internals.probeIntervalMs,
+    });
+  } catch (e) {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    throw e;
+  }
   return {
     address: { host: bound.address, port: bound.port },
+    metricsAddress: observability.address,
     certs,
     upstream,
+    reload() {
+      certs.reload();
+      access.reload(server);
+    },
     async close() {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      // Finish what is in progress (bounded by SMIME_RELAY_SHUTDOWN_TIMEOUT_MS), then the pool.
+      await sessions.drain();
+      // Last, so /readyz answers 503 while transactions drain.
+      await observability.close();
       await upstream.close();
       await engine.close();
       certs.close();

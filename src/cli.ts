@@ -1,11 +1,14 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
+import { hashPasswordCommand } from './access/hash-password.js';
 import { startRelay } from './app.js';
+import { checkCert } from './certs/check-cert.js';
+import { signCommand } from './commands/sign.js';
 import { DEV_MAILBOX } from './certs/dev.js';
 import { ConfigError, loadConfig } from './config/load.js';
-import { settingList } from './config/settings.js';
-import { configTableMarkdown } from './config/table.js';
-import { createLogger } from './log.js';
+import { isSwitch, settingList } from './config/settings.js';
+import { configExampleYaml, configTableMarkdown } from './config/table.js';
+import { createLogger, prettyDestination } from './log.js';
 
 const flagName = (flag: string) => flag.replace(/^--/, '');
 
@@ -24,14 +27,18 @@ Commands:
   serve        run the relay (default settings: listen 127.0.0.1:2525, sign with a development
                certificate, write signed mail to ./outbox/)
   config       show the effective configuration and where each value came from
+  check-cert   validate a certificate bundle, PKCS#12 file or directory before deploying it
+  hash-password  read a password and print its scrypt hash for the users file (SMIME_RELAY_USERS)
+  sign         sign one message file offline, exactly as the relay would (--cert, --in, --out)
 
 Run 'smime-relay <command> --help' for the options of a command.
 `,
   get config() {
-    return `Usage: smime-relay config --print | --markdown [--config FILE] [--config-dir DIR] [settings...]
+    return `Usage: smime-relay config --print | --markdown | --example [--config FILE] [--config-dir DIR] [settings...]
 
   --print       show every setting's effective value (secrets masked) and its source
   --markdown    print the configuration table of the README
+  --example     print config/smime-relay.example.yaml: every setting with its default
 ${SOURCE_OPTIONS}
   -h, --help    show this help
 `;
@@ -53,6 +60,14 @@ ${settingsHelp()}
 const SOURCE_OPTIONS = `  --config FILE       YAML or JSON configuration file
   --config-dir DIR    directory with one file per setting, named like the environment variable`;
 
+const SWITCHES = new Set(settingList.filter(isSwitch).map((s) => s.flag));
+const SWITCH_VALUE = /^(true|false|yes|no|on|off|1|0)$/i;
+
+/** `--lmtp` alone means `--lmtp true`; `--lmtp false` and `--lmtp=false` work as written. */
+function withSwitchValues(argv: string[]): string[] {
+  return argv.flatMap((arg, i) => (SWITCHES.has(arg) && !SWITCH_VALUE.test(argv[i + 1] ?? '') ? [arg, 'true'] : [arg]));
+}
+
 /** Parses --config, --config-dir and one --flag per setting, then resolves every source. */
 function configFromArgs(argv: string[], extra: Record<string, { type: 'boolean' }> = {}) {
   const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {
@@ -62,7 +77,7 @@ function configFromArgs(argv: string[], extra: Record<string, { type: 'boolean' 
     ...extra,
   };
   for (const s of settingList) options[flagName(s.flag)] = { type: 'string' };
-  const { values } = parseArgs({ args: argv, options, allowPositionals: false });
+  const { values } = parseArgs({ args: withSwitchValues(argv), options, allowPositionals: false });
   if (values.help) return { help: true as const, values };
   const flags: Record<string, string | undefined> = {};
   for (const s of settingList) flags[s.key] = values[flagName(s.flag)] as string | undefined;
@@ -76,13 +91,17 @@ function configFromArgs(argv: string[], extra: Record<string, { type: 'boolean' 
 }
 
 async function configCommand(argv: string[]): Promise<number> {
-  const parsed = configFromArgs(argv, { print: { type: 'boolean' }, markdown: { type: 'boolean' } });
-  if (parsed.help || (!parsed.values.print && !parsed.values.markdown)) {
+  const parsed = configFromArgs(argv, { print: { type: 'boolean' }, markdown: { type: 'boolean' }, example: { type: 'boolean' } });
+  if (parsed.help || (!parsed.values.print && !parsed.values.markdown && !parsed.values.example)) {
     process.stdout.write(HELP.config);
     return parsed.help ? 0 : 2;
   }
   if (parsed.values.markdown) {
     process.stdout.write(configTableMarkdown());
+    return 0;
+  }
+  if (parsed.values.example) {
+    process.stdout.write(configExampleYaml());
     return 0;
   }
   for (const s of settingList) {
@@ -96,7 +115,7 @@ async function configCommand(argv: string[]): Promise<number> {
 /** Renders a parsed value back into the form a user writes, with secrets masked. */
 function displayValue(key: string, value: unknown): string {
   if (value === undefined) return '';
-  if (key === 'listen') {
+  if (key === 'listen' || key === 'metrics') {
     const v = value as { host: string; port: number };
     return v.host.includes(':') ? `[${v.host}]:${v.port}` : `${v.host}:${v.port}`;
   }
@@ -111,7 +130,7 @@ async function serve(argv: string[]): Promise<number> {
     return 0;
   }
   const { config } = parsed;
-  const log = createLogger(config.logLevel);
+  const log = createLogger(config.logLevel, config.logFormat === 'pretty' ? await prettyDestination() : undefined);
   const relay = await startRelay(config, log);
 
   if (!config.cert && config.upstream.kind === 'file') {
@@ -124,6 +143,16 @@ async function serve(argv: string[]): Promise<number> {
     );
   }
 
+  // SIGHUP: re-read certificates and users without dropping a connection.
+  const reload = () => {
+    log.info({ signal: 'SIGHUP' }, 'reloading certificates and users');
+    try {
+      relay.reload();
+    } catch (e) {
+      log.error({ err: e }, 'reload failed; the previous certificates and users stay in service');
+    }
+  };
+  process.on('SIGHUP', reload);
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'shutting down: finishing transactions in progress');
@@ -133,11 +162,22 @@ async function serve(argv: string[]): Promise<number> {
     process.once('SIGTERM', stop);
   });
   await relay.close();
+  process.off('SIGHUP', reload);
   log.flush();
+  // close() is bounded by SMIME_RELAY_SHUTDOWN_TIMEOUT_MS; whatever it had to abandon (a signing
+  // child, an upstream socket) must not keep the process alive past it. Unref'd: a clean
+  // shutdown exits before this fires.
+  setTimeout(() => process.exit(0), 2_000).unref();
   return 0;
 }
 
-const commands: Record<string, (argv: string[]) => Promise<number>> = { serve, config: configCommand };
+const commands: Record<string, (argv: string[]) => Promise<number>> = {
+  serve,
+  config: configCommand,
+  'hash-password': hashPasswordCommand,
+  sign: (argv) => signCommand(argv),
+  'check-cert': (argv) => checkCert(argv, (line) => process.stdout.write(line.endsWith('\n') ? line : line + '\n')),
+};
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;

@@ -4,7 +4,9 @@ import type { Principal } from './access/users.js';
 import { admitEnvelopeSender, admitFromHeader } from './admit/sender.js';
 import type { CertificateStore } from './certs/store.js';
 import type { CertificateBundle } from './certs/bundle.js';
+import { incomingDkim } from './dkim/incoming.js';
 import type { Mailbox } from './mime/mailbox.js';
+import { alreadyProtected } from './mime/already-protected.js';
 import { buildSignedMessage } from './mime/multipart-signed.js';
 import { MimeError, prepareMessage } from './mime/prepare.js';
 import { SigningError, type SigningEngine } from './signing/engine.js';
@@ -12,6 +14,7 @@ import { outcomeOf } from './metrics/outcome.js';
 import { noMetrics, type RelayMetrics } from './metrics/relay-metrics.js';
 import { StageTimer } from './metrics/stage-timer.js';
 import { RelayError, replies, type SmtpReply } from './smtp/reply.js';
+import { RefusedRecipients } from './upstream/refused-recipients.js';
 import type { Envelope, Upstream } from './upstream/upstream.js';
 
 /** A message as received: the envelope, the bytes, and who sent it. */
@@ -28,6 +31,17 @@ export interface Transaction {
 export interface PipelineOptions {
   signing: 'on' | 'off';
   headerProtection: 'off' | 'clear';
+  /** SMIME_RELAY_ON_MISSING_CERT: mail from a mailbox whose certificate is expired or broken. */
+  onMissingCert?: 'reject' | 'send-unsigned';
+  /** Remove incoming DKIM-Signature fields, which S/MIME signing invalidates (SMIME_RELAY_STRIP_DKIM). */
+  stripDkim?: boolean;
+  /** SMIME_RELAY_LMTP: refused recipients get their own reply instead of a DSN. */
+  lmtp?: boolean;
+}
+
+/** The reply to a message; over LMTP also one reply per recipient, in RCPT order. */
+export interface TransactionReply extends SmtpReply {
+  recipients?: SmtpReply[];
 }
 
 export interface PipelineDeps {
@@ -37,7 +51,11 @@ export interface PipelineDeps {
   log: Logger;
   options: PipelineOptions;
   metrics?: RelayMetrics;
+  /** What happens to recipients the upstream refused while accepting others (DSN or LMTP replies). */
+  refused?: RefusedRecipients;
 }
+
+type AcceptedOutcome = Parameters<typeof outcomeOf>[1];
 
 export const newTransactionId = (): string => randomBytes(6).toString('base64url');
 
@@ -49,9 +67,11 @@ export const newTransactionId = (): string => randomBytes(6).toString('base64url
  */
 export class Pipeline {
   private readonly metrics: RelayMetrics;
+  private readonly refused: RefusedRecipients;
 
   constructor(private readonly deps: PipelineDeps) {
     this.metrics = deps.metrics ?? noMetrics;
+    this.refused = deps.refused ?? new RefusedRecipients({ upstream: deps.upstream, onRefused: (n) => this.metrics.refusedRecipients(n) });
   }
 
   /** admit (envelope): runs at MAIL FROM, before any data is transferred. */
@@ -69,38 +89,56 @@ export class Pipeline {
     return this.finish(tx, this.deps.log.child({ tx: tx.id }), this.fieldsOf(tx), reply, new StageTimer(this.metrics), performance.now());
   }
 
-  async process(tx: Transaction): Promise<SmtpReply> {
+  async process(tx: Transaction): Promise<TransactionReply> {
     const { certs, engine, upstream, options } = this.deps;
     const log = this.deps.log.child({ tx: tx.id });
     const started = performance.now();
+    const arrival = new Date();
     const timer = new StageTimer(this.metrics);
     const fields: Record<string, unknown> = { ...this.fieldsOf(tx), size: tx.raw.length };
     this.metrics.size(tx.raw.length);
+    let accepted: AcceptedOutcome = options.signing === 'off' ? 'passed_unsigned' : 'signed';
     try {
       // admit (header): clients compare From with the signer certificate.
       const from = admitFromHeader(tx.raw, certs.mailboxes(), tx.principal);
       fields.from = from;
 
       let outgoing: Buffer;
+      let bundle: CertificateBundle | undefined;
+      const protectedAs = options.signing === 'on' ? alreadyProtected(tx.raw) : undefined;
       if (options.signing === 'off') {
         outgoing = tx.raw;
+      } else if (protectedAs) {
+        // Signing again would bury the sender's own signature (or ciphertext) inside ours.
+        accepted = 'passed_protected';
+        fields.alreadyProtected = protectedAs;
+        log.info({ from, contentType: protectedAs }, `forwarding ${protectedAs} message from ${from} unchanged: already signed or encrypted`);
+        outgoing = tx.raw;
+      } else if (!(bundle = this.certificateFor(from, log))) {
+        accepted = 'passed_unsigned';
+        outgoing = tx.raw;
       } else {
-        const bundle = this.certificateFor(from);
-        fields.serial = bundle.serial;
-        const prepared = await timer.time('prepare', () => prepare(tx.raw, options));
+        const signer = bundle;
+        fields.serial = signer.serial;
+        const raw = this.handleIncomingDkim(tx.raw, log);
+        const prepared = await timer.time('prepare', () => prepare(raw, options));
         log.info({ from }, `Signing email notification from ${from}`);
-        outgoing = await timer.time('sign', async () => buildSignedMessage(prepared, await engine.sign(prepared.entity, bundle)));
+        outgoing = await timer.time('sign', async () => buildSignedMessage(prepared, await engine.sign(prepared.entity, signer)));
       }
 
       // forward
       const delivery = await timer.time('upstream', () => upstream.deliver(tx.envelope, outgoing));
-      if (delivery.rejected.length) {
-        log.error({ rejected: delivery.rejected }, 'upstream refused some recipients; the others were delivered');
-      }
       fields.upstream = delivery.response;
-      return this.finish(tx, log, fields, replies.accepted(`queued as ${delivery.queueId}`), timer, started);
+      const reply = this.finish(tx, log, fields, replies.accepted(`queued as ${delivery.queueId}`), timer, started, accepted);
+      // Some recipients refused, others served: still 250, or the client would resend to the
+      // served ones; the refused ones are reported, never dropped silently.
+      if (!delivery.rejected.length) return reply;
+      const refused = { id: tx.id, envelope: tx.envelope, raw: tx.raw, arrival };
+      if (options.lmtp) return { ...reply, recipients: this.refused.perRecipient(refused, delivery, log, reply) };
+      await this.refused.report(refused, delivery, log);
+      return reply;
     } catch (e) {
-      return this.finish(tx, log, fields, asRelayError(e).reply, timer, started);
+      return this.finish(tx, log, fields, asRelayError(e).reply, timer, started, accepted);
     }
   }
 
@@ -119,8 +157,11 @@ export class Pipeline {
    * The one place a message's outcome is decided (from its reply), counted, and logged as the
    * transaction's single log line. The tx id goes into the reply so an admin can grep for it.
    */
-  private finish(tx: { id: string }, log: Logger, fields: Record<string, unknown>, reply: SmtpReply, timer: StageTimer, started: number): SmtpReply {
-    const outcome = outcomeOf(reply, this.deps.options.signing === 'off' ? 'passed_unsigned' : 'signed');
+  private finish(
+    tx: { id: string }, log: Logger, fields: Record<string, unknown>, reply: SmtpReply, timer: StageTimer, started: number,
+    accepted: AcceptedOutcome = this.deps.options.signing === 'off' ? 'passed_unsigned' : 'signed',
+  ): SmtpReply {
+    const outcome = outcomeOf(reply, accepted);
     this.metrics.outcome(outcome);
     const line = { ...fields, outcome, reply: `${reply.code} ${reply.status} ${reply.text}`, durations: timer.ms, ms: ms(started) };
     if (reply.code < 400) log.info(line, 'transaction');
@@ -128,11 +169,35 @@ export class Pipeline {
     return { ...reply, text: `${reply.text} (tx ${tx.id})` };
   }
 
-  private certificateFor(from: Mailbox): CertificateBundle {
+  /**
+   * An incoming DKIM signature cannot survive S/MIME signing (the body changes). One warning per
+   * message names its domain(s); the field is kept unless SMIME_RELAY_STRIP_DKIM says otherwise.
+   */
+  private handleIncomingDkim(raw: Buffer, log: Logger): Buffer {
+    const dkim = incomingDkim(raw);
+    if (dkim.domains.length === 0) return raw;
+    const strip = this.deps.options.stripDkim === true;
+    log.warn(
+      { dkimDomains: dkim.domains, stripped: strip },
+      `incoming DKIM-Signature (d=${dkim.domains.join(', d=')}) will not verify after S/MIME signing; ` +
+        (strip ? 'removed (SMIME_RELAY_STRIP_DKIM=true)' : 'kept; set SMIME_RELAY_STRIP_DKIM=true to remove it'),
+    );
+    return strip ? dkim.withoutSignatures() : raw;
+  }
+
+  /**
+   * The certificate to sign with, or undefined when SMIME_RELAY_ON_MISSING_CERT=send-unsigned lets
+   * mail from a mailbox with an expired or broken certificate through unsigned.
+   */
+  private certificateFor(from: Mailbox, log: Logger): CertificateBundle | undefined {
     const found = this.deps.certs.lookup(from);
     if (found.kind === 'ok') return found.bundle;
-    if (found.kind === 'unavailable') throw new RelayError(replies.certificateUnavailable(from, found.reason));
-    throw new RelayError(replies.fromHeaderNotCovered(from, this.deps.certs.mailboxes()));
+    if (found.kind === 'unknown') throw new RelayError(replies.fromHeaderNotCovered(from, this.deps.certs.mailboxes()));
+    if (this.deps.options.onMissingCert === 'send-unsigned') {
+      log.warn({ from, reason: found.reason }, `forwarding mail from ${from} UNSIGNED: its certificate is not usable (${found.reason}); SMIME_RELAY_ON_MISSING_CERT=send-unsigned`);
+      return undefined;
+    }
+    throw new RelayError(replies.certificateUnavailable(from, found.reason));
   }
 }
 

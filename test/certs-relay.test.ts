@@ -76,7 +76,7 @@ describe('certificate renewal through the running relay', () => {
     } finally {
       await relay.close();
     }
-  });
+  }, 120_000);
 });
 
 describe('SMIME_RELAY_ON_MISSING_CERT for a mailbox whose certificate expired', () => {

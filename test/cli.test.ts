@@ -45,6 +45,14 @@ describe('smime-relay CLI', () => {
     expect(r.stderr).toContain('SMIME_RELAY_CERT is not set');
   });
 
+  it('a yes/no setting flag may stand alone: --lmtp means --lmtp true', () => {
+    expect(run(['config', '--print', '--lmtp']).stdout).toContain('SMIME_RELAY_LMTP=true  # flag: --lmtp');
+    expect(run(['config', '--print', '--lmtp', 'false', '--listen', '127.0.0.1:2600']).stdout).toContain('SMIME_RELAY_LMTP=false  # flag: --lmtp');
+    const both = run(['config', '--print', '--strip-dkim', '--lmtp=no']).stdout;
+    expect(both).toContain('SMIME_RELAY_STRIP_DKIM=true  # flag: --strip-dkim');
+    expect(both).toContain('SMIME_RELAY_LMTP=false  # flag: --lmtp');
+  });
+
   it('config --print shows values and sources, with the upstream password masked', () => {
     const r = run(['config', '--print', '--listen', '127.0.0.1:2600'], { SMIME_RELAY_UPSTREAM: 'smtp://u:hunter2@mx.example.com:587' });
     expect(r.status).toBe(0);
@@ -68,7 +76,8 @@ describe('the embedded default: `npm start` with nothing configured', () => {
     child.stdout!.on('data', (d) => (stdout += d));
     child.stderr!.on('data', (d) => (stderr += d));
     const until = Date.now() + 20_000;
-    while (!stdout.includes('Try it:')) {
+    // pino writes stderr asynchronously: wait for the warning too, not just the stdout line.
+    while (!stdout.includes('Try it:') || !stderr.includes('DEVELOPMENT certificate')) {
       if (Date.now() > until || child.exitCode !== null) throw new Error(`relay did not start:\n${stdout}\n${stderr}`);
       await new Promise((r) => setTimeout(r, 50));
     }

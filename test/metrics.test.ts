@@ -175,6 +175,19 @@ describe('metrics and health endpoints (SMIME_RELAY_METRICS)', () => {
     expect(delta('smime_relay_message_size_bytes_sum')).toBe(message().length);
   });
 
+  it('counts recipients the upstream refused while it accepted others', async () => {
+    const before = await scrape(relay);
+    sink.script = { rcptTo: (to) => (to.startsWith('gone') ? { reply: 550, text: '5.1.1 no such user' } : 'accept') };
+    try {
+      const r = await sendMessage(relay.address.port, SENDER, ['ops@example.org', 'gone1@example.org', 'gone2@example.org'], message());
+      expect(r.final?.code).toBe(250);
+    } finally {
+      sink.script = {};
+    }
+    const after = await scrape(relay);
+    expect((valueOf(after, 'smime_relay_refused_recipients_total', {}) ?? NaN) - (valueOf(before, 'smime_relay_refused_recipients_total', {}) ?? NaN)).toBe(2);
+  });
+
   it('reports seconds until expiry per certificate, labelled with mailbox and serial', async () => {
     const samples = await scrape(relay);
     const expiry = samples.filter((s) => s.name === 'smime_relay_certificate_expiry_seconds');

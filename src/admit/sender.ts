@@ -1,14 +1,20 @@
 import addressparser from 'nodemailer/lib/addressparser';
 import { toMailbox, type Mailbox } from '../mime/mailbox.js';
+import type { Principal } from '../access/users.js';
 import { RelayError, replies } from '../smtp/reply.js';
 
 /**
  * admit: the relay signs only as a mailbox one of its certificates names. Both the envelope
  * sender (checked at MAIL FROM, before any data moves) and the From header (what clients check
- * against the signer) must be such a mailbox.
+ * against the signer) must be such a mailbox. An authenticated user limited to some mailboxes
+ * (SMIME_RELAY_USERS, like signing-milter's auth-signing-table) must also be sending as one of
+ * them; that is checked first, so the reply names only the mailboxes this user may use.
  */
-export function admitEnvelopeSender(address: string, covered: readonly Mailbox[]): Mailbox {
+export function admitEnvelopeSender(address: string, covered: readonly Mailbox[], principal?: Principal): Mailbox {
   const mailbox = toMailbox(address);
+  if (principal?.mailboxes && !principal.mailboxes.includes(mailbox)) {
+    throw new RelayError(replies.senderNotPermitted(principal.user, address, principal.mailboxes));
+  }
   if (!covered.includes(mailbox)) throw new RelayError(replies.senderNotCovered(address, covered));
   return mailbox;
 }
@@ -32,7 +38,7 @@ export function headerBlockOf(raw: Buffer): string {
 }
 
 /** The From header must be exactly one mailbox (RFC 5322 §3.6.2 allows several; we cannot sign for several). */
-export function admitFromHeader(raw: Buffer, covered: readonly Mailbox[]): Mailbox {
+export function admitFromHeader(raw: Buffer, covered: readonly Mailbox[], principal?: Principal): Mailbox {
   const values = headerValues(headerBlockOf(raw), 'from');
   if (values.length === 0) throw new RelayError(replies.fromHeaderInvalid('is missing'));
   if (values.length > 1) throw new RelayError(replies.fromHeaderInvalid(`appears ${values.length} times`));
@@ -43,6 +49,9 @@ export function admitFromHeader(raw: Buffer, covered: readonly Mailbox[]): Mailb
   }
   const address = addresses[0]!;
   const mailbox = toMailbox(address);
+  if (principal?.mailboxes && !principal.mailboxes.includes(mailbox)) {
+    throw new RelayError(replies.fromHeaderNotPermitted(principal.user, address, principal.mailboxes));
+  }
   if (!covered.includes(mailbox)) throw new RelayError(replies.fromHeaderNotCovered(address, covered));
   return mailbox;
 }

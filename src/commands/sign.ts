@@ -9,8 +9,7 @@ import { alreadyProtected } from '../mime/already-protected.js';
 import { buildSignedMessage } from '../mime/multipart-signed.js';
 import { MimeError, prepareMessage } from '../mime/prepare.js';
 import type { SigningEngine } from '../signing/engine.js';
-import { NativeEngine } from '../signing/native.js';
-import { OpensslEngine } from '../signing/openssl.js';
+import { createEngine } from '../signing/create.js';
 import { RelayError } from '../smtp/reply.js';
 
 export const SIGN_HELP = `Usage: smime-relay sign --cert PATH [--in FILE] [--out FILE] [options]
@@ -24,7 +23,7 @@ Options:
                               them (default: SMIME_RELAY_CERT)
   --in FILE                   message to sign (default: standard input)
   --out FILE                  where to write the signed message (default: standard output)
-  --engine openssl|native     signing engine (default: SMIME_RELAY_ENGINE, else openssl)
+  --engine openssl|native     signing engine (default: SMIME_RELAY_ENGINE, else native)
   --header-protection off|clear
                               copy From, To, Subject... into the signed part, RFC 9788
                               (default: SMIME_RELAY_HEADER_PROTECTION, else off)
@@ -99,7 +98,7 @@ export async function signCommand(argv: string[], io: SignIo = defaultIo): Promi
     if (invalid.length) throw new Refusal(invalid.map((f) => f.message).join('; '));
 
     const prepared = prepareMessage(raw, { headerProtection: config.headerProtection });
-    engine = config.engine === 'native' ? new NativeEngine() : new OpensslEngine({ timeoutMs: config.signTimeoutMs });
+    engine = createEngine(config);
     const signed = buildSignedMessage(prepared, await engine.sign(prepared.entity, bundle));
     io.writeOutput(values.out, signed);
     return 0;

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { cidrText, parseCidr } from '../access/network.js';
 
 /**
  * Every setting the relay understands, in one table. Each has exactly one name per source:
@@ -102,14 +103,73 @@ export type UpstreamTarget = z.output<typeof upstreamUrl>;
 
 const text = z.string().transform((s) => s.trim());
 
+const cidrList = z.string().transform((s, ctx) => {
+  const entries = s.split(',').map((e) => e.trim()).filter(Boolean);
+  if (!entries.length) {
+    ctx.addIssue({ code: 'custom', message: 'expected at least one network, e.g. 192.0.2.0/24,2001:db8::/32' });
+    return z.NEVER;
+  }
+  const networks: string[] = [];
+  for (const e of entries) {
+    try {
+      networks.push(cidrText(parseCidr(e)));
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: `${(err as Error).message}; expected networks such as 192.0.2.0/24,2001:db8::/32` });
+    }
+  }
+  return networks as readonly string[];
+});
+
 export const settings = {
   listen: {
     key: 'listen',
     env: 'SMIME_RELAY_LISTEN',
     flag: '--listen',
     default: '127.0.0.1:2525',
-    doc: 'Address the SMTP listener binds, host:port.',
+    doc: 'Address the SMTP listener binds, host:port. Anything but loopback needs SMIME_RELAY_ALLOW or SMIME_RELAY_USERS, or the relay refuses to start.',
     parse: hostPort,
+  },
+  allow: {
+    key: 'allow',
+    env: 'SMIME_RELAY_ALLOW',
+    flag: '--allow',
+    default: undefined,
+    defaultText: '(unset: every client that can reach the listener)',
+    doc: 'Comma-separated networks (CIDR, IPv4 or IPv6; a bare address is one host) that may connect; others get 554 5.7.1 at connect. Only the listed networks: add 127.0.0.1/32 and ::1/128 if local clients should still connect.',
+    parse: cidrList,
+  },
+  users: {
+    key: 'users',
+    env: 'SMIME_RELAY_USERS',
+    flag: '--users',
+    default: undefined,
+    doc: 'Users file for SMTP AUTH (PLAIN, LOGIN): one `user:scrypt-hash[:mailbox,mailbox]` per line (see Security). When set, every client must authenticate before MAIL FROM (530 5.7.0), and may only send as its listed mailboxes (550 5.7.1). Re-read on SIGHUP.',
+    parse: text,
+  },
+  tlsCert: {
+    key: 'tlsCert',
+    env: 'SMIME_RELAY_TLS_CERT',
+    flag: '--tls-cert',
+    default: undefined,
+    doc: 'PEM certificate (with chain) of the SMTP listener; with SMIME_RELAY_TLS_KEY it enables TLS. Re-read on SIGHUP.',
+    parse: text,
+  },
+  tlsKey: {
+    key: 'tlsKey',
+    env: 'SMIME_RELAY_TLS_KEY',
+    flag: '--tls-key',
+    default: undefined,
+    doc: 'PEM private key of SMIME_RELAY_TLS_CERT.',
+    parse: text,
+  },
+  tlsMode: {
+    key: 'tlsMode',
+    env: 'SMIME_RELAY_TLS_MODE',
+    flag: '--tls-mode',
+    default: undefined,
+    defaultText: 'starttls when SMIME_RELAY_TLS_CERT is set',
+    doc: 'starttls: offer STARTTLS. required: offer it and refuse MAIL (530 5.7.0) and AUTH until it was used. implicit: TLS from the first byte (port 465 style).',
+    parse: oneOf(['starttls', 'implicit', 'required'] as const),
   },
   upstream: {
     key: 'upstream',
@@ -127,8 +187,24 @@ export const settings = {
     flag: '--cert',
     default: undefined,
     defaultText: 'development certificate, generated in certs/dev/ (file: upstream only)',
-    doc: 'PEM bundle with private key, certificate and chain in one file, in any order. TATTLER_EMAIL_SMIME_CERT is accepted as an alias.',
+    doc: 'A PEM bundle (private key, certificate and chain in one file, in any order), a PKCS#12 file (.p12/.pfx), or a directory of them (one certificate per mailbox). Reloaded on change and on SIGHUP. TATTLER_EMAIL_SMIME_CERT is accepted as an alias.',
     parse: text,
+  },
+  certPasswordFile: {
+    key: 'certPasswordFile',
+    env: 'SMIME_RELAY_CERT_PASSWORD_FILE',
+    flag: '--cert-password-file',
+    default: undefined,
+    doc: 'File whose first line is the passphrase of an encrypted private key or a PKCS#12 file. Keep it mode 0600.',
+    parse: text,
+  },
+  onMissingCert: {
+    key: 'onMissingCert',
+    env: 'SMIME_RELAY_ON_MISSING_CERT',
+    flag: '--on-missing-cert',
+    default: 'reject',
+    doc: 'What to do with mail from a mailbox whose certificate is expired or unusable. reject: 451 4.7.1 (mail waits in the client queue; a mailbox never configured gets 550 5.7.1). send-unsigned: forward it unchanged and log a warning.',
+    parse: oneOf(['reject', 'send-unsigned'] as const),
   },
   maxSize: {
     key: 'maxSize',
@@ -138,6 +214,62 @@ export const settings = {
     defaultText: '26214400 (25 MiB)',
     doc: 'Largest message accepted, in bytes (suffixes KiB, MiB, GiB allowed). Checked against SIZE= and against the bytes received; larger gets 552 5.3.4.',
     parse: bytes,
+  },
+  maxRecipients: {
+    key: 'maxRecipients',
+    env: 'SMIME_RELAY_MAX_RECIPIENTS',
+    flag: '--max-recipients',
+    default: '100',
+    doc: 'Most RCPT TO per message (RFC 5321 §4.5.3.1.8 requires at least 100); one more gets 452 4.5.3 and the client sends the rest in another transaction.',
+    parse: positiveInt,
+  },
+  maxClients: {
+    key: 'maxClients',
+    env: 'SMIME_RELAY_MAX_CLIENTS',
+    flag: '--max-clients',
+    default: '100',
+    doc: 'Most simultaneous client connections; one more gets 421 and is closed.',
+    parse: positiveInt,
+  },
+  maxClientsPerIp: {
+    key: 'maxClientsPerIp',
+    env: 'SMIME_RELAY_MAX_CLIENTS_PER_IP',
+    flag: '--max-clients-per-ip',
+    default: '20',
+    doc: 'Most simultaneous connections from one client address, so one client cannot take every slot; one more gets 421 4.7.0.',
+    parse: positiveInt,
+  },
+  idleTimeoutMs: {
+    key: 'idleTimeoutMs',
+    env: 'SMIME_RELAY_IDLE_TIMEOUT_MS',
+    flag: '--idle-timeout-ms',
+    default: '60000',
+    doc: 'Close a client connection that sends nothing for this long (421). Every byte restarts it; SMIME_RELAY_TRANSACTION_TIMEOUT_MS bounds slow senders.',
+    parse: millis,
+  },
+  transactionTimeoutMs: {
+    key: 'transactionTimeoutMs',
+    env: 'SMIME_RELAY_TRANSACTION_TIMEOUT_MS',
+    flag: '--transaction-timeout-ms',
+    default: '300000',
+    doc: 'Deadline for a client to get from connecting (or from its previous message) to the end of DATA; trickling bytes does not extend it. Past it: 421 4.4.2 and the connection is closed. Signing and forwarding are not counted.',
+    parse: positiveInt,
+  },
+  shutdownTimeoutMs: {
+    key: 'shutdownTimeoutMs',
+    env: 'SMIME_RELAY_SHUTDOWN_TIMEOUT_MS',
+    flag: '--shutdown-timeout-ms',
+    default: '30000',
+    doc: 'On SIGTERM, how long messages in progress may take to finish (sign and forward) before the remaining connections get 421 4.3.2 and the relay exits.',
+    parse: millis,
+  },
+  lmtp: {
+    key: 'lmtp',
+    env: 'SMIME_RELAY_LMTP',
+    flag: '--lmtp',
+    default: 'false',
+    doc: 'true: speak LMTP (RFC 2033) instead of SMTP on the listener, so after DATA every recipient gets its own reply, taken from the upstream answer for that recipient. For Postfix `lmtp:` transports that want exact per-recipient status.',
+    parse: bool,
   },
   signing: {
     key: 'signing',
@@ -151,8 +283,8 @@ export const settings = {
     key: 'engine',
     env: 'SMIME_RELAY_ENGINE',
     flag: '--engine',
-    default: 'openssl',
-    doc: 'native: sign in-process (Node crypto, CMS built in src/signing/native.ts). openssl: run `openssl cms -sign` per message (the reference; also the way to use keys held by OpenSSL providers).',
+    default: 'native',
+    doc: 'native: sign in-process (Node crypto, CMS SignedData with the same signed attributes as openssl; passes the three-verifier interop suite). openssl: run `openssl cms -sign` per message (the reference; also the way to use keys held by OpenSSL providers such as PKCS#11 tokens).',
     parse: oneOf(['native', 'openssl'] as const),
   },
   signTimeoutMs: {
@@ -162,6 +294,49 @@ export const settings = {
     default: '30000',
     doc: 'Kill an openssl signing process that runs longer than this; the client gets 451 4.7.0.',
     parse: millis,
+  },
+  headerProtection: {
+    key: 'headerProtection',
+    env: 'SMIME_RELAY_HEADER_PROTECTION',
+    flag: '--header-protection',
+    default: 'off',
+    doc: 'clear: copy From, To, Cc, Subject, Date, Message-ID and Reply-To into the signed part and mark it hp="clear" (RFC 9788), so recent Thunderbird shows them as protected; other clients ignore the copies. off: sign the content headers only.',
+    parse: oneOf(['off', 'clear'] as const),
+  },
+  stripDkim: {
+    key: 'stripDkim',
+    env: 'SMIME_RELAY_STRIP_DKIM',
+    flag: '--strip-dkim',
+    default: 'false',
+    doc: 'Remove DKIM-Signature headers that arrive with a message. S/MIME signing changes the body, so they no longer verify; either way the relay logs one warning per message naming their d= domains.',
+    parse: bool,
+  },
+  dkimDomain: {
+    key: 'dkimDomain',
+    env: 'SMIME_RELAY_DKIM_DOMAIN',
+    flag: '--dkim-domain',
+    default: undefined,
+    defaultText: '(unset: no DKIM signing)',
+    doc: 'DKIM-sign every outgoing message after S/MIME signing, as this domain (d=). Set together with SMIME_RELAY_DKIM_SELECTOR and SMIME_RELAY_DKIM_KEY, or not at all.',
+    parse: z.string().trim().toLowerCase().regex(/^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/, 'expected a domain name such as example.com'),
+  },
+  dkimSelector: {
+    key: 'dkimSelector',
+    env: 'SMIME_RELAY_DKIM_SELECTOR',
+    flag: '--dkim-selector',
+    default: undefined,
+    defaultText: '(unset)',
+    doc: 'DKIM selector (s=); the public key is published at SELECTOR._domainkey.DOMAIN.',
+    parse: z.string().trim().regex(/^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$/, 'expected a selector such as smime2026'),
+  },
+  dkimKey: {
+    key: 'dkimKey',
+    env: 'SMIME_RELAY_DKIM_KEY',
+    flag: '--dkim-key',
+    default: undefined,
+    defaultText: '(unset)',
+    doc: 'File with the DKIM private key: unencrypted PEM, RSA (2048 bits recommended), readable by the relay only.',
+    parse: text,
   },
   upstreamTimeoutMs: {
     key: 'upstreamTimeoutMs',
@@ -179,6 +354,22 @@ export const settings = {
     doc: 'Connections kept open to an smtp(s) upstream.',
     parse: positiveInt,
   },
+  upstreamTlsVerify: {
+    key: 'upstreamTlsVerify',
+    env: 'SMIME_RELAY_UPSTREAM_TLS_VERIFY',
+    flag: '--upstream-tls-verify',
+    default: 'true',
+    doc: "Verify the upstream's TLS certificate (STARTTLS or smtps). false accepts any certificate, which lets anyone on the path read and change signed mail; it is logged as a warning at start.",
+    parse: bool,
+  },
+  greetingDelayMs: {
+    key: 'greetingDelayMs',
+    env: 'SMIME_RELAY_GREETING_DELAY_MS',
+    flag: '--greeting-delay-ms',
+    default: '100',
+    doc: 'How long a client that is neither loopback nor allow-listed waits for the 220 greeting; one that talks before it gets 421 (early-talker check, as smtp-server does by default). Loopback and allow-listed clients are greeted at once. 0 turns the delay off.',
+    parse: millis,
+  },
   logLevel: {
     key: 'logLevel',
     env: 'LOG_LEVEL',
@@ -186,6 +377,31 @@ export const settings = {
     default: 'info',
     doc: 'pino log level: fatal, error, warn, info, debug, trace or silent.',
     parse: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const),
+  },
+  logFormat: {
+    key: 'logFormat',
+    env: 'LOG_FORMAT',
+    flag: '--log-format',
+    default: 'json',
+    doc: 'json: one JSON object per line (for log shippers). pretty: coloured, human-readable lines for a terminal (pino-pretty).',
+    parse: oneOf(['json', 'pretty'] as const),
+  },
+  metrics: {
+    key: 'metrics',
+    env: 'SMIME_RELAY_METRICS',
+    flag: '--metrics',
+    default: undefined,
+    defaultText: 'off',
+    doc: 'host:port for an HTTP listener serving /metrics (Prometheus), /healthz (liveness) and /readyz (a valid certificate is loaded and the upstream answered its last probe). Keep it on a management address.',
+    parse: hostPort,
+  },
+  proxyProtocol: {
+    key: 'proxyProtocol',
+    env: 'SMIME_RELAY_PROXY_PROTOCOL',
+    flag: '--proxy-protocol',
+    default: 'false',
+    doc: 'true: every connection must start with a PROXY protocol v1 header (HAProxy `send-proxy`), and the address in it is the client address. Only behind a load balancer that sends it.',
+    parse: bool,
   },
 } satisfies Record<string, Setting>;
 
@@ -199,3 +415,6 @@ export type Config = {
 };
 
 export const settingList: readonly Setting[] = Object.values(settings);
+
+/** A yes/no setting: its --flag may stand alone (`--lmtp` means `--lmtp true`). */
+export const isSwitch = (s: Setting): boolean => s.parse === bool;

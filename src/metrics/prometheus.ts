@@ -68,6 +68,12 @@ export function createPrometheusMetrics(opts: PrometheusMetricsOptions): Prometh
     registers,
   });
 
+  const refusedRecipients = new Counter({
+    name: 'smime_relay_refused_recipients_total',
+    help: 'Recipients the upstream refused while it accepted others; each is reported to the sender by DSN (or by its own LMTP reply).',
+    registers,
+  });
+
   new Gauge({
     name: 'smime_relay_open_connections',
     help: 'Open SMTP client connections.',
@@ -82,6 +88,7 @@ export function createPrometheusMetrics(opts: PrometheusMetricsOptions): Prometh
     outcome: (outcome) => messages.inc({ outcome }),
     stage: (stage, seconds) => stages.observe({ stage }, seconds),
     size: (bytes) => sizes.observe(bytes),
+    refusedRecipients: (count) => refusedRecipients.inc(count),
     reloadFailure: () => reloadFailures.inc(),
   };
 }

@@ -10,10 +10,13 @@ export interface RelayMetrics {
   stage(stage: Stage, seconds: number): void;
   /** Bytes of a message as received (before signing). */
   size(bytes: number): void;
+  /** Recipients the upstream refused while accepting others (reported by DSN or LMTP reply). */
+  refusedRecipients(count: number): void;
 }
 
 export const noMetrics: RelayMetrics = {
   outcome() {},
   stage() {},
   size() {},
+  refusedRecipients() {},
 };

@@ -2,6 +2,7 @@ import nodemailer, { type Transporter } from 'nodemailer';
 import type { Logger } from 'pino';
 import { RelayError, replies } from '../smtp/reply.js';
 import type { UpstreamTarget } from '../config/settings.js';
+import type { DkimSigning } from '../dkim/signing.js';
 import type { Delivery, Envelope, RecipientRejection, Upstream } from './upstream.js';
 
 type SmtpTarget = Extract<UpstreamTarget, { kind: 'smtp' }>;
@@ -11,6 +12,8 @@ export interface SmtpUpstreamOptions {
   timeoutMs: number;
   poolSize: number;
   log: Logger;
+  /** DKIM-sign every message in the transport, after S/MIME signing (src/dkim/signing.ts). */
+  dkim?: DkimSigning;
   /** Certificate verification of the upstream; false only by explicit, logged choice. */
   rejectUnauthorized?: boolean;
 }
@@ -73,11 +76,53 @@ export class SmtpUpstream implements Upstream {
       greetingTimeout: opts.timeoutMs,
       socketTimeout: opts.timeoutMs,
       tls: { rejectUnauthorized, servername: isIp(target.host) ? undefined : target.host },
+      // nodemailer signs raw messages too, as the last step before the bytes leave.
+      ...(opts.dkim ? { dkim: { ...opts.dkim } } : {}),
       logger: false,
     });
   }
 
+  /**
+   * Messages wait for a pool connection here, never in nodemailer's queue: a message nodemailer
+   * has queued cannot be taken back, so a deadline that expired while it waited would let it go
+   * out later anyway, after the client was told 451 (a duplicate; bench/load-faults.ts found
+   * this). The deadline therefore starts when the message goes out, and one that cannot go out
+   * within it is refused without ever being sent.
+   */
+  private active = 0;
+  private readonly waiting = new Set<() => void>();
+
+  private connectionSlot(): Promise<() => void> {
+    return new Promise((resolve, reject) => {
+      const grant = () => {
+        this.active++;
+        let released = false;
+        resolve(() => {
+          if (released) return;
+          released = true;
+          this.active--;
+          const next = this.waiting.values().next();
+          if (!next.done) {
+            this.waiting.delete(next.value);
+            next.value();
+          }
+        });
+      };
+      if (this.active < this.opts.poolSize) return grant();
+      const wake = () => {
+        clearTimeout(timer);
+        grant();
+      };
+      const timer = setTimeout(() => {
+        this.waiting.delete(wake);
+        reject(new RelayError(replies.upstreamTempFail(`all ${this.opts.poolSize} upstream connections stayed busy for ${this.timeoutMs} ms; nothing was sent`)));
+      }, this.timeoutMs);
+      this.waiting.add(wake);
+    });
+  }
+
   async deliver(envelope: Envelope, message: Buffer): Promise<Delivery> {
+    const release = await this.connectionSlot();
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(
@@ -85,14 +130,14 @@ export class SmtpUpstream implements Upstream {
         this.timeoutMs,
       );
     });
+    const sending = this.transport.sendMail({
+      envelope: { from: envelope.from, to: envelope.to },
+      raw: message,
+    });
+    // The slot is held until nodemailer is done with the message, even past our deadline.
+    sending.then(release, release);
     try {
-      const info = await Promise.race([
-        this.transport.sendMail({
-          envelope: { from: envelope.from, to: envelope.to },
-          raw: message,
-        }),
-        deadline,
-      ]);
+      const info = await Promise.race([sending, deadline]);
       const rejectedErrors = ((info as { rejectedErrors?: NodemailerError[] }).rejectedErrors ?? []);
       const rejected: RecipientRejection[] = rejectedErrors.map((e) => ({
         recipient: e.recipient ?? '',

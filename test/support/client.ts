@@ -22,8 +22,9 @@ export class RawClient {
     socket.on('error', () => {});
   }
 
-  static async open(port: number, host = '127.0.0.1'): Promise<RawClient> {
-    const socket = connect(port, host);
+  /** localAddress: connect from another loopback address (127.0.0.2, ...) to look like a second client host. */
+  static async open(port: number, host = '127.0.0.1', opts: { localAddress?: string } = {}): Promise<RawClient> {
+    const socket = connect({ port, host, ...opts });
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', reject);

@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import { createLogger } from '../../src/log.js';
-import { startRelay, type RunningRelay } from '../../src/app.js';
+import { startRelay, type RelayInternals, type RunningRelay } from '../../src/app.js';
 import { loadConfig } from '../../src/config/load.js';
 
 export interface TestRelay extends RunningRelay {
@@ -8,9 +8,15 @@ export interface TestRelay extends RunningRelay {
   logs: Record<string, unknown>[];
 }
 
-/** Starts the relay in-process on a free loopback port, configured as a user would (env names). */
-export async function startTestRelay(env: Record<string, string>): Promise<TestRelay> {
-  const { config } = loadConfig({ env: { SMIME_RELAY_LISTEN: '127.0.0.1:0', LOG_LEVEL: 'debug', ...env } });
+/**
+ * Starts the relay in-process on a free loopback port, configured as a user would (env names).
+ * SMIME_RELAY_ENGINE in the test process's environment picks the engine for every relay a test
+ * starts without naming one: `npm test` runs the end-to-end suites once more with the openssl
+ * engine that way.
+ */
+export async function startTestRelay(env: Record<string, string>, internals: RelayInternals = {}): Promise<TestRelay> {
+  const engine = process.env.SMIME_RELAY_ENGINE ? { SMIME_RELAY_ENGINE: process.env.SMIME_RELAY_ENGINE } : {};
+  const { config } = loadConfig({ env: { SMIME_RELAY_LISTEN: '127.0.0.1:0', LOG_LEVEL: 'debug', ...engine, ...env } });
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
@@ -19,6 +25,6 @@ export async function startTestRelay(env: Record<string, string>): Promise<TestR
     },
   });
   const log = createLogger(config.logLevel, sink);
-  const relay = await startRelay(config, log);
+  const relay = await startRelay(config, log, internals);
   return Object.assign(relay, { logs });
 }

@@ -11,10 +11,16 @@ export interface Received {
 /** What the peer does at each step; any step can answer any code, stall, or drop the connection. */
 export type Action = { reply: number; text?: string } | { drop: true } | { stall: true } | 'accept';
 
+/** A script step may decide later: a promise makes the peer wait (a slow reply) or hold until released. */
+export type Decision = Action | Promise<Action>;
+
 export interface SinkScript {
-  mailFrom?: (address: string) => Action;
-  rcptTo?: (address: string) => Action;
-  data?: (msg: Received) => Action;
+  mailFrom?: (address: string) => Decision;
+  rcptTo?: (address: string) => Decision;
+  /** Decides after the whole message arrived; an accepted message is stored before the reply, as an MTA queues it. */
+  data?: (msg: Received) => Decision;
+  /** Hang up in the middle of DATA, once this many bytes of it have arrived. */
+  dropAfterDataBytes?: number;
 }
 
 export interface Sink {
@@ -38,7 +44,12 @@ export async function startSink(script: SinkScript = {}): Promise<Sink> {
   const waiters: (() => void)[] = [];
   let counter = 0;
   const sink: Partial<Sink> = { received, script };
-  const act = (action: Action, socketClose: () => void, cb: (err?: SmtpErr | null, msg?: string) => void, ok?: string) => {
+  const act = (decision: Decision, socketClose: () => void, cb: (err?: SmtpErr | null, msg?: string) => void, ok?: string): void => {
+    if (decision instanceof Promise) {
+      void decision.then((a) => act(a, socketClose, cb, ok));
+      return;
+    }
+    const action = decision;
     if (action === 'accept') return cb(null, ok);
     if ('drop' in action) return socketClose();
     if ('stall' in action) return; // never answer
@@ -54,41 +65,58 @@ export async function startSink(script: SinkScript = {}): Promise<Sink> {
     logger: false,
     onMailFrom(address, session, cb) {
       const s = (sink as Sink).script;
-      act(s.mailFrom?.(address.address) ?? 'accept', () => closeSession(session.id), cb);
+      act(s.mailFrom?.(address.address) ?? 'accept', () => closeSession(session.remotePort), cb);
     },
     onRcptTo(address, session, cb) {
       const s = (sink as Sink).script;
-      act(s.rcptTo?.(address.address) ?? 'accept', () => closeSession(session.id), cb);
+      act(s.rcptTo?.(address.address) ?? 'accept', () => closeSession(session.remotePort), cb);
     },
     onData(stream, session, cb) {
       const chunks: Buffer[] = [];
-      stream.on('data', (c: Buffer) => chunks.push(c));
+      let bytes = 0;
+      let dropped = false;
+      const dropAt = (sink as Sink).script.dropAfterDataBytes;
+      stream.on('error', () => {});
+      stream.on('data', (c: Buffer) => {
+        chunks.push(c);
+        bytes += c.length;
+        if (dropAt !== undefined && bytes >= dropAt && !dropped) {
+          dropped = true;
+          closeSession(session.remotePort);
+        }
+      });
       stream.on('end', () => {
+        // The rest may already have been buffered when we hung up: an MTA that hung up never queues.
+        if (dropped) return;
         const msg: Received = {
           from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
           to: session.envelope.rcptTo.map((r) => r.address),
           raw: Buffer.concat(chunks),
         };
         const s = (sink as Sink).script;
-        const action = s.data?.(msg) ?? 'accept';
-        if (action === 'accept' || ('reply' in action && action.reply < 400)) {
-          received.push(msg);
-          waiters.splice(0).forEach((w) => w());
-        }
-        act(action, () => closeSession(session.id), cb, `2.0.0 Ok: queued as SINK${++counter}`);
+        void Promise.resolve(s.data?.(msg) ?? 'accept').then((action) => {
+          if (action === 'accept' || ('reply' in action && action.reply < 400)) {
+            received.push(msg);
+            waiters.splice(0).forEach((w) => w());
+          }
+          act(action, () => closeSession(session.remotePort), cb, `2.0.0 Ok: queued as SINK${++counter}`);
+        });
       });
     },
   });
-  const sockets = new Map<string, import('node:net').Socket>();
+  const sockets = new Map<number, import('node:net').Socket>();
   server.on('connect' as never, () => {});
   // smtp-server does not expose sockets by session id; track them through the raw server.
   server.server.on('connection', (socket) => {
-    const key = `${socket.remoteAddress}:${socket.remotePort}`;
+    // Every peer is on loopback, so the client port names the connection.
+    const key = socket.remotePort!;
     sockets.set(key, socket);
     socket.on('close', () => sockets.delete(key));
   });
-  const closeSession = (_id: string) => {
-    // Hang up on every open connection: tests drive one transaction at a time when dropping.
+  /** Hangs up on the session's own connection; on every connection if it cannot be told apart. */
+  const closeSession = (remotePort: number) => {
+    const own = sockets.get(remotePort);
+    if (own) return void own.destroy();
     for (const s of sockets.values()) s.destroy();
   };
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
