@@ -90,41 +90,20 @@ export class Pipeline {
   }
 
   async process(tx: Transaction): Promise<TransactionReply> {
-    const { certs, engine, upstream, options } = this.deps;
+    const { certs, upstream, options } = this.deps;
     const log = this.deps.log.child({ tx: tx.id });
     const started = performance.now();
     const arrival = new Date();
     const timer = new StageTimer(this.metrics);
     const fields: Record<string, unknown> = { ...this.fieldsOf(tx), size: tx.raw.length };
     this.metrics.size(tx.raw.length);
-    let accepted: AcceptedOutcome = options.signing === 'off' ? 'passed_unsigned' : 'signed';
     try {
       // admit (header): clients compare From with the signer certificate.
       const from = admitFromHeader(tx.raw, certs.mailboxes(), tx.principal);
       fields.from = from;
 
-      let outgoing: Buffer;
-      let bundle: CertificateBundle | undefined;
-      const protectedAs = options.signing === 'on' ? alreadyProtected(tx.raw) : undefined;
-      if (options.signing === 'off') {
-        outgoing = tx.raw;
-      } else if (protectedAs) {
-        // Signing again would bury the sender's own signature (or ciphertext) inside ours.
-        accepted = 'passed_protected';
-        fields.alreadyProtected = protectedAs;
-        log.info({ from, contentType: protectedAs }, `forwarding ${protectedAs} message from ${from} unchanged: already signed or encrypted`);
-        outgoing = tx.raw;
-      } else if (!(bundle = this.certificateFor(from, log))) {
-        accepted = 'passed_unsigned';
-        outgoing = tx.raw;
-      } else {
-        const signer = bundle;
-        fields.serial = signer.serial;
-        const raw = this.handleIncomingDkim(tx.raw, log);
-        const prepared = await timer.time('prepare', () => prepare(raw, options));
-        log.info({ from }, `Signing email notification from ${from}`);
-        outgoing = await timer.time('sign', async () => buildSignedMessage(prepared, await engine.sign(prepared.entity, signer)));
-      }
+      // prepare + sign (or pass through, where the configuration or the message says so)
+      const { message: outgoing, accepted } = await this.sign(tx.raw, from, fields, timer, log);
 
       // forward
       const delivery = await timer.time('upstream', () => upstream.deliver(tx.envelope, outgoing));
@@ -138,8 +117,34 @@ export class Pipeline {
       await this.refused.report(refused, delivery, log);
       return reply;
     } catch (e) {
-      return this.finish(tx, log, fields, asRelayError(e).reply, timer, started, accepted);
+      return this.finish(tx, log, fields, asRelayError(e).reply, timer, started);
     }
+  }
+
+  /**
+   * The signed message, or the original bytes when signing is off, when the sender already
+   * signed or encrypted it, or when SMIME_RELAY_ON_MISSING_CERT=send-unsigned applies. Only the
+   * outgoing bytes leave this method, so the prepared entity is garbage before the upstream wait.
+   */
+  private async sign(
+    raw: Buffer, from: Mailbox, fields: Record<string, unknown>, timer: StageTimer, log: Logger,
+  ): Promise<{ message: Buffer; accepted: AcceptedOutcome }> {
+    const { engine, options } = this.deps;
+    if (options.signing === 'off') return { message: raw, accepted: 'passed_unsigned' };
+    const protectedAs = alreadyProtected(raw);
+    if (protectedAs) {
+      // Signing again would bury the sender's own signature (or ciphertext) inside ours.
+      fields.alreadyProtected = protectedAs;
+      log.info({ from, contentType: protectedAs }, `forwarding ${protectedAs} message from ${from} unchanged: already signed or encrypted`);
+      return { message: raw, accepted: 'passed_protected' };
+    }
+    const bundle = this.certificateFor(from, log);
+    if (!bundle) return { message: raw, accepted: 'passed_unsigned' };
+    fields.serial = bundle.serial;
+    const prepared = await timer.time('prepare', () => prepare(this.handleIncomingDkim(raw, log), options));
+    log.info({ from }, `Signing email notification from ${from}`);
+    const message = await timer.time('sign', async () => buildSignedMessage(prepared, await engine.sign(prepared.entity, bundle)));
+    return { message, accepted: 'signed' };
   }
 
   private fieldsOf(tx: Omit<Transaction, 'raw'>): Record<string, unknown> {

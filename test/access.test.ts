@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { connect, type AddressInfo, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import nodemailer from 'nodemailer';
@@ -11,7 +11,7 @@ import { AllowList, isLoopback, parseCidr } from '../src/access/network.js';
 import { hashPassword, parsePasswordHash, verifyPassword } from '../src/access/password.js';
 import { parseUsersFile } from '../src/access/users.js';
 import { ConfigError } from '../src/config/load.js';
-import { dataPayload } from './support/client.js';
+import { RawClient } from './support/client.js';
 import { createTestPki, type Leaf, type TestPki } from './support/pki.js';
 import { startTestRelay, type TestRelay } from './support/relay.js';
 import { startSink, type Sink } from './support/sink.js';
@@ -21,96 +21,11 @@ const root = new URL('..', import.meta.url).pathname;
 const BILLING = 'billing@example.test';
 const SECURITY = 'security@example.test';
 
-interface Reply {
-  code: number;
-  text: string;
-}
+/** The newest log line matching `pick`. */
+const lastLog = (relay: TestRelay, pick: (l: Record<string, unknown>) => boolean) => relay.logs.findLast(pick);
 
-/** A line-level SMTP client that can pick its source address (127.0.0.2 is loopback but not 127.0.0.1). */
-class Client {
-  private buffer = '';
-  private readonly queue: Reply[] = [];
-  private readonly waiting: ((r: Reply) => void)[] = [];
-
-  private constructor(private readonly socket: Socket) {
-    socket.setEncoding('latin1');
-    socket.on('data', (d: string) => {
-      this.buffer += d;
-      let m: RegExpExecArray | null;
-      while ((m = /^((?:\d{3}-[^\n]*\n)*)(\d{3})(?: ([^\n]*))?\r?\n/.exec(this.buffer))) {
-        this.buffer = this.buffer.slice(m[0].length);
-        const reply = { code: Number(m[2]), text: ((m[1] ?? '') + (m[3] ?? '')).replace(/\r/g, '').trim() };
-        const w = this.waiting.shift();
-        if (w) w(reply);
-        else this.queue.push(reply);
-      }
-    });
-    socket.on('close', () => this.waiting.splice(0).forEach((w) => w({ code: 0, text: 'closed' })));
-    socket.on('error', () => {});
-  }
-
-  static async open(port: number, opts: { host?: string; localAddress?: string } = {}): Promise<Client> {
-    const socket = connect({ port, host: opts.host ?? '127.0.0.1', localAddress: opts.localAddress });
-    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-    return new Client(socket);
-  }
-
-  read(): Promise<Reply> {
-    const r = this.queue.shift();
-    if (r) return Promise.resolve(r);
-    if (this.socket.destroyed) return Promise.resolve({ code: 0, text: 'closed' });
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error('no SMTP reply in time')), 20_000);
-      this.waiting.push((x) => {
-        clearTimeout(t);
-        resolve(x);
-      });
-    });
-  }
-
-  command(line: string): Promise<Reply> {
-    this.socket.write(line + '\r\n');
-    return this.read();
-  }
-
-  /** Greeting + EHLO; returns the EHLO reply (its text lists the extensions). */
-  async hello(): Promise<Reply> {
-    const greeting = await this.read();
-    expect(greeting.code, greeting.text).toBe(220);
-    return this.command('EHLO client.test');
-  }
-
-  async authPlain(user: string, password: string): Promise<Reply> {
-    return this.command(`AUTH PLAIN ${Buffer.from(`\0${user}\0${password}`).toString('base64')}`);
-  }
-
-  async authLogin(user: string, password: string): Promise<Reply> {
-    const first = await this.command('AUTH LOGIN');
-    if (first.code !== 334) return first;
-    const second = await this.command(Buffer.from(user).toString('base64'));
-    if (second.code !== 334) return second;
-    return this.command(Buffer.from(password).toString('base64'));
-  }
-
-  /** MAIL, RCPT, DATA; returns the first refusal or the final reply. */
-  async send(from: string, raw: string): Promise<Reply> {
-    const mail = await this.command(`MAIL FROM:<${from}>`);
-    if (mail.code !== 250) return mail;
-    const rcpt = await this.command('RCPT TO:<someone@example.org>');
-    if (rcpt.code !== 250) return rcpt;
-    const data = await this.command('DATA');
-    if (data.code !== 354) return data;
-    this.socket.write(dataPayload(Buffer.from(raw)));
-    return this.read();
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
-
-/** The newest log line matching `pick` (Array.prototype.findLast is ES2023, past this tsconfig's lib). */
-const lastLog = (relay: TestRelay, pick: (l: Record<string, unknown>) => boolean) => [...relay.logs].reverse().find(pick);
+/** A raw SMTP client from `localAddress` (127.0.0.2 looks like a second host) or to `host`. */
+const open = (port: number, o: { host?: string; localAddress?: string } = {}) => RawClient.open(port, o.host, { localAddress: o.localAddress });
 
 const message = (from: string) => `From: ${from}\r\nTo: someone@example.org\r\nSubject: access\r\n\r\nhello\r\n`;
 
@@ -240,7 +155,7 @@ describe('SMIME_RELAY_ALLOW: a network gate at connect', () => {
     afterAll(() => relay?.close());
 
     it('a client from 127.0.0.2 gets 554 5.7.1 at connect, naming its address and SMIME_RELAY_ALLOW', async () => {
-      const c = await Client.open(relay.address.port, { localAddress: '127.0.0.2' });
+      const c = await open(relay.address.port, { localAddress: '127.0.0.2' });
       const greeting = await c.read();
       expect(greeting.code).toBe(554);
       expect(greeting.text).toMatch(/^5\.7\.1 Client address 127\.0\.0\.2 is not in SMIME_RELAY_ALLOW/);
@@ -250,7 +165,7 @@ describe('SMIME_RELAY_ALLOW: a network gate at connect', () => {
     });
 
     it('loopback is not implicitly allowed: ::1 is refused when only 127.0.0.1/32 is listed', async () => {
-      const c = await Client.open(relay.address.port, { host: '::1' });
+      const c = await open(relay.address.port, { host: '::1' });
       const greeting = await c.read();
       expect(greeting.code).toBe(554);
       expect(greeting.text).toContain('Client address ::1 is not in SMIME_RELAY_ALLOW');
@@ -258,7 +173,7 @@ describe('SMIME_RELAY_ALLOW: a network gate at connect', () => {
     });
 
     it('a client from 127.0.0.1 (seen as ::ffff:127.0.0.1 by the socket) is greeted and can send', async () => {
-      const c = await Client.open(relay.address.port, { localAddress: '127.0.0.1' });
+      const c = await open(relay.address.port, { localAddress: '127.0.0.1' });
       await c.hello();
       const before = sink.received.length;
       const final = await c.send(BILLING, message(BILLING));
@@ -277,7 +192,7 @@ describe('SMIME_RELAY_USERS: SMTP AUTH and per-user sender mailboxes', () => {
   afterAll(() => relay?.close());
 
   it('offers AUTH PLAIN LOGIN on loopback without TLS, and demands it at MAIL FROM with 530 5.7.0', async () => {
-    const c = await Client.open(relay.address.port);
+    const c = await open(relay.address.port);
     const ehlo = await c.hello();
     expect(ehlo.text).toMatch(/AUTH PLAIN LOGIN/);
     const mail = await c.command(`MAIL FROM:<${BILLING}>`);
@@ -290,21 +205,21 @@ describe('SMIME_RELAY_USERS: SMTP AUTH and per-user sender mailboxes', () => {
     ['PLAIN', 'authPlain'],
     ['LOGIN', 'authLogin'],
   ] as const)('AUTH %s: the right password gives 235, a wrong one 535 5.7.8', async (_m, how) => {
-    const bad = await Client.open(relay.address.port);
+    const bad = await open(relay.address.port);
     await bad.hello();
     const refused = await bad[how]('billing', 'wrong-password');
     expect(refused.code).toBe(535);
     expect(refused.text).toBe('5.7.8 Authentication credentials invalid');
     bad.close();
 
-    const good = await Client.open(relay.address.port);
+    const good = await open(relay.address.port);
     await good.hello();
     expect((await good[how]('billing', passwords.billing)).code).toBe(235);
     good.close();
   });
 
   it('an unknown user gets the same 535 5.7.8, and its name is not logged (it may be a mistyped password)', async () => {
-    const c = await Client.open(relay.address.port);
+    const c = await open(relay.address.port);
     await c.hello();
     const r = await c.authPlain('Tr0ub4dor-typed-into-the-user-field', 'x');
     expect(r.code).toBe(535);
@@ -315,7 +230,7 @@ describe('SMIME_RELAY_USERS: SMTP AUTH and per-user sender mailboxes', () => {
   });
 
   it('billing cannot send as security@ (550 5.7.1 at MAIL FROM), but can as billing@, signed', async () => {
-    const c = await Client.open(relay.address.port);
+    const c = await open(relay.address.port);
     await c.hello();
     expect((await c.authPlain('billing', passwords.billing)).code).toBe(235);
     const refused = await c.command(`MAIL FROM:<${SECURITY}>`);
@@ -332,7 +247,7 @@ describe('SMIME_RELAY_USERS: SMTP AUTH and per-user sender mailboxes', () => {
   });
 
   it('billing with MAIL FROM billing@ but From: security@ is refused after DATA with 550 5.7.1', async () => {
-    const c = await Client.open(relay.address.port);
+    const c = await open(relay.address.port);
     await c.hello();
     await c.authLogin('billing', passwords.billing);
     const before = sink.received.length;
@@ -356,7 +271,7 @@ describe('SMIME_RELAY_USERS: SMTP AUTH and per-user sender mailboxes', () => {
     const original = readFileSync(usersPath, 'utf8');
     try {
       // A session that authenticated before the reload is judged by the new file at its next MAIL FROM.
-      const c = await Client.open(relay.address.port);
+      const c = await open(relay.address.port);
       await c.hello();
       expect((await c.authPlain('ops', passwords.ops)).code).toBe(235);
       await writeUsers([original.split('\n').find((l) => l.startsWith('billing:'))!]);
@@ -371,7 +286,7 @@ describe('SMIME_RELAY_USERS: SMTP AUTH and per-user sender mailboxes', () => {
       const err = lastLog(relay, (l) => l.msg === 'users file NOT reloaded; the previous users stay in service');
       expect(err).toBeDefined();
       expect(JSON.stringify(err)).not.toContain('pasted-password');
-      const still = await Client.open(relay.address.port);
+      const still = await open(relay.address.port);
       await still.hello();
       expect((await still.authPlain('billing', passwords.billing)).code).toBe(235);
       still.close();
@@ -390,11 +305,11 @@ describe('SMIME_RELAY_ALLOW and SMIME_RELAY_USERS together: network gate AND aut
   afterAll(() => relay?.close());
 
   it('the right password does not help from outside the allow-list; inside it AUTH is still required', async () => {
-    const outside = await Client.open(relay.address.port, { localAddress: '127.0.0.2' });
+    const outside = await open(relay.address.port, { localAddress: '127.0.0.2' });
     expect((await outside.read()).code).toBe(554);
     outside.close();
 
-    const inside = await Client.open(relay.address.port, { localAddress: '127.0.0.1' });
+    const inside = await open(relay.address.port, { localAddress: '127.0.0.1' });
     await inside.hello();
     expect((await inside.command(`MAIL FROM:<${BILLING}>`)).code).toBe(530);
     expect((await inside.authPlain('billing', passwords.billing)).code).toBe(235);
@@ -532,7 +447,7 @@ describe('secrets never reach the logs', () => {
     });
     try {
       const wrong = 'Wr0ng-but-secret-guess';
-      const c = await Client.open(relay.address.port);
+      const c = await open(relay.address.port);
       await c.hello();
       expect((await c.authLogin('billing', wrong)).code).toBe(535);
       expect((await c.authPlain('billing', passwords.billing)).code).toBe(235);

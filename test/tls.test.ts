@@ -1,15 +1,15 @@
 import { X509Certificate } from 'node:crypto';
 import { chmod, copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { connect as tlsConnect } from 'node:tls';
 import nodemailer from 'nodemailer';
 import { SMTPServer } from 'smtp-server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashPassword } from '../src/access/password.js';
 import { ConfigError } from '../src/config/load.js';
-import { dataPayload } from './support/client.js';
+import { RawClient } from './support/client.js';
 import { createTestPki, openssl, type Leaf, type TestPki } from './support/pki.js';
 import { startTestRelay, type TestRelay } from './support/relay.js';
 import { startSink, type Sink } from './support/sink.js';
@@ -23,94 +23,8 @@ const lanAddress = Object.values(networkInterfaces())
   .flat()
   .find((i) => i && !i.internal && i.family === 'IPv4')?.address;
 
-/** The newest log line matching `pick` (Array.prototype.findLast is ES2023, past this tsconfig's lib). */
-const lastLog = (relay: TestRelay, pick: (l: Record<string, unknown>) => boolean) => [...relay.logs].reverse().find(pick);
-
-interface Reply {
-  code: number;
-  text: string;
-}
-
-/** A line-level SMTP client over a raw socket that can do STARTTLS itself, to see every reply as sent. */
-class Client {
-  private buffer = '';
-  private readonly queue: Reply[] = [];
-  private readonly waiting: ((r: Reply) => void)[] = [];
-  private readonly onData = (d: string) => {
-    this.buffer += d;
-    let m: RegExpExecArray | null;
-    while ((m = /^((?:\d{3}-[^\n]*\n)*)(\d{3})(?: ([^\n]*))?\r?\n/.exec(this.buffer))) {
-      this.buffer = this.buffer.slice(m[0].length);
-      const reply = { code: Number(m[2]), text: ((m[1] ?? '') + (m[3] ?? '')).replace(/\r/g, '').trim() };
-      const w = this.waiting.shift();
-      if (w) w(reply);
-      else this.queue.push(reply);
-    }
-  };
-
-  private constructor(private readonly socket: Socket | TLSSocket) {
-    socket.setEncoding('latin1');
-    socket.on('data', this.onData);
-    socket.on('close', () => this.waiting.splice(0).forEach((w) => w({ code: 0, text: 'closed' })));
-    socket.on('error', () => {});
-  }
-
-  static async open(port: number, host = '127.0.0.1'): Promise<Client> {
-    const socket = netConnect({ port, host });
-    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-    return new Client(socket);
-  }
-
-  read(): Promise<Reply> {
-    const r = this.queue.shift();
-    if (r) return Promise.resolve(r);
-    if (this.socket.destroyed) return Promise.resolve({ code: 0, text: 'closed' });
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error('no SMTP reply in time')), 20_000);
-      this.waiting.push((x) => {
-        clearTimeout(t);
-        resolve(x);
-      });
-    });
-  }
-
-  command(line: string): Promise<Reply> {
-    this.socket.write(line + '\r\n');
-    return this.read();
-  }
-
-  async hello(): Promise<Reply> {
-    expect((await this.read()).code).toBe(220);
-    return this.command('EHLO client.test');
-  }
-
-  /** STARTTLS, verifying the server against `ca` for SERVER_NAME; returns the client on the TLS session. */
-  async starttls(ca: Buffer): Promise<Client> {
-    const r = await this.command('STARTTLS');
-    expect(r.code, r.text).toBe(220);
-    this.socket.off('data', this.onData);
-    const secure = tlsConnect({ socket: this.socket as Socket, ca, servername: SERVER_NAME });
-    await new Promise<void>((resolve, reject) => secure.once('secureConnect', resolve).once('error', reject));
-    return new Client(secure);
-  }
-
-  authPlain(user: string, password: string): Promise<Reply> {
-    return this.command(`AUTH PLAIN ${Buffer.from(`\0${user}\0${password}`).toString('base64')}`);
-  }
-
-  async send(from: string): Promise<Reply> {
-    const mail = await this.command(`MAIL FROM:<${from}>`);
-    if (mail.code !== 250) return mail;
-    expect((await this.command('RCPT TO:<someone@example.org>')).code).toBe(250);
-    expect((await this.command('DATA')).code).toBe(354);
-    this.socket.write(dataPayload(Buffer.from(`From: ${from}\r\nSubject: tls\r\n\r\nhello\r\n`)));
-    return this.read();
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
+/** The newest log line matching `pick`. */
+const lastLog = (relay: TestRelay, pick: (l: Record<string, unknown>) => boolean) => relay.logs.findLast(pick);
 
 let pki: TestPki;
 let leaf: Leaf;
@@ -209,7 +123,7 @@ describe('listener TLS settings are checked at start', () => {
   it('without a certificate STARTTLS is not offered (smtp-server would use its built-in, publicly known key)', async () => {
     const relay = await startTestRelay({ SMIME_RELAY_CERT: leaf.bundlePath, SMIME_RELAY_UPSTREAM: sink.url });
     try {
-      const c = await Client.open(relay.address.port);
+      const c = await RawClient.open(relay.address.port);
       const ehlo = await c.hello();
       expect(ehlo.text).not.toContain('STARTTLS');
       expect(ehlo.text).not.toContain('AUTH');
@@ -234,7 +148,7 @@ describe('TLS_MODE=starttls (the default with a certificate)', () => {
   });
 
   it('a loopback client may still authenticate without TLS (the loopback exception)', async () => {
-    const c = await Client.open(relay.address.port);
+    const c = await RawClient.open(relay.address.port);
     const ehlo = await c.hello();
     expect(ehlo.text).toContain('STARTTLS');
     expect(ehlo.text).toContain('AUTH PLAIN LOGIN');
@@ -252,7 +166,7 @@ describe.skipIf(!lanAddress)(`AUTH from a non-loopback client (the LAN address $
   afterAll(() => relay?.close());
 
   it('is not offered before STARTTLS, and AUTH sent anyway is not accepted', async () => {
-    const c = await Client.open(relay.address.port, lanAddress);
+    const c = await RawClient.open(relay.address.port, lanAddress);
     const ehlo = await c.hello();
     expect(ehlo.text).toContain('STARTTLS');
     expect(ehlo.text).not.toContain('AUTH');
@@ -264,7 +178,7 @@ describe.skipIf(!lanAddress)(`AUTH from a non-loopback client (the LAN address $
   });
 
   it('claiming to be loopback with XFORWARD changes nothing: the rule uses the connection itself', async () => {
-    const c = await Client.open(relay.address.port, lanAddress);
+    const c = await RawClient.open(relay.address.port, lanAddress);
     await c.hello();
     expect((await c.command('XFORWARD ADDR=127.0.0.1')).code).toBe(250);
     expect((await c.command('EHLO client.test')).text).not.toContain('AUTH');
@@ -273,9 +187,9 @@ describe.skipIf(!lanAddress)(`AUTH from a non-loopback client (the LAN address $
   });
 
   it('is offered after STARTTLS and works', async () => {
-    const plain = await Client.open(relay.address.port, lanAddress);
+    const plain = await RawClient.open(relay.address.port, lanAddress);
     await plain.hello();
-    const c = await plain.starttls(ca);
+    const c = await plain.starttls(ca, SERVER_NAME);
     const ehlo = await c.command('EHLO client.test');
     expect(ehlo.text).toContain('AUTH PLAIN LOGIN');
     expect(ehlo.text).not.toContain('STARTTLS');
@@ -298,7 +212,7 @@ describe('TLS_MODE=required', () => {
   afterAll(() => relay?.close());
 
   it('refuses MAIL before STARTTLS with 530 5.7.0, and offers no AUTH before it, loopback included', async () => {
-    const c = await Client.open(relay.address.port);
+    const c = await RawClient.open(relay.address.port);
     const ehlo = await c.hello();
     expect(ehlo.text).toContain('STARTTLS');
     expect(ehlo.text).not.toContain('AUTH');
@@ -307,7 +221,7 @@ describe('TLS_MODE=required', () => {
     expect(mail.text).toBe('5.7.0 Must issue a STARTTLS command first');
     expect((await c.authPlain('billing', PASSWORD)).code).toBe(500);
 
-    const secure = await c.starttls(ca);
+    const secure = await c.starttls(ca, SERVER_NAME);
     expect((await secure.command('EHLO client.test')).text).toContain('AUTH PLAIN LOGIN');
     expect((await secure.authPlain('billing', PASSWORD)).code).toBe(235);
     expect((await secure.send(SENDER)).code).toBe(250);
@@ -322,10 +236,10 @@ describe('TLS_MODE=required', () => {
   it('without users, too: MAIL needs STARTTLS first', async () => {
     const open = await startTestRelay(env({ SMIME_RELAY_TLS_MODE: 'required' }));
     try {
-      const c = await Client.open(open.address.port);
+      const c = await RawClient.open(open.address.port);
       await c.hello();
       expect((await c.command(`MAIL FROM:<${SENDER}>`)).code).toBe(530);
-      const secure = await c.starttls(ca);
+      const secure = await c.starttls(ca, SERVER_NAME);
       await secure.command('EHLO client.test');
       expect((await secure.send(SENDER)).code).toBe(250);
       secure.close();
@@ -403,7 +317,7 @@ describe('TLS to the upstream', () => {
   it('verifies the certificate by default: an untrusted upstream gets nothing and the client 451', async () => {
     const relay = await startTestRelay({ SMIME_RELAY_CERT: leaf.bundlePath, SMIME_RELAY_UPSTREAM: `smtp://127.0.0.1:${port}`, SMIME_RELAY_UPSTREAM_TIMEOUT_MS: '10000' });
     try {
-      const c = await Client.open(relay.address.port);
+      const c = await RawClient.open(relay.address.port);
       await c.hello();
       const final = await c.send(SENDER);
       expect(final.code).toBe(451);
@@ -424,7 +338,7 @@ describe('TLS to the upstream', () => {
     });
     try {
       expect(relay.logs.some((l) => l.level === 40 && l.msg === 'upstream TLS certificate verification is DISABLED by configuration')).toBe(true);
-      const c = await Client.open(relay.address.port);
+      const c = await RawClient.open(relay.address.port);
       await c.hello();
       expect((await c.send(SENDER)).code).toBe(250);
       c.close();

@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 
 export interface Reply {
   code: number;
@@ -12,9 +13,11 @@ export class RawClient {
   private readonly replies: Reply[] = [];
   closed = false;
 
+  private readonly listener = (d: string) => this.onData(d);
+
   private constructor(readonly socket: Socket) {
     socket.setEncoding('latin1');
-    socket.on('data', (d: string) => this.onData(d));
+    socket.on('data', this.listener);
     socket.on('close', () => {
       this.closed = true;
       this.pending.splice(0).forEach((p) => p({ code: 0, text: 'connection closed' }));
@@ -64,6 +67,47 @@ export class RawClient {
 
   async command(line: string): Promise<Reply> {
     this.write(line + '\r\n');
+    return this.read();
+  }
+
+  /** Reads the 220 greeting and says EHLO; returns the EHLO reply (its text lists the extensions). */
+  async hello(): Promise<Reply> {
+    const greeting = await this.read();
+    if (greeting.code !== 220) throw new Error(`expected a 220 greeting, got ${greeting.code} ${greeting.text}`);
+    return this.command('EHLO client.test');
+  }
+
+  /** STARTTLS, verifying the server against `ca` for `servername`; returns the client on the TLS session. */
+  async starttls(ca: Buffer, servername: string): Promise<RawClient> {
+    const r = await this.command('STARTTLS');
+    if (r.code !== 220) throw new Error(`STARTTLS refused: ${r.code} ${r.text}`);
+    this.socket.off('data', this.listener);
+    const secure = tlsConnect({ socket: this.socket, ca, servername });
+    await new Promise<void>((resolve, reject) => secure.once('secureConnect', resolve).once('error', reject));
+    return new RawClient(secure);
+  }
+
+  authPlain(user: string, password: string): Promise<Reply> {
+    return this.command(`AUTH PLAIN ${Buffer.from(`\0${user}\0${password}`).toString('base64')}`);
+  }
+
+  async authLogin(user: string, password: string): Promise<Reply> {
+    const first = await this.command('AUTH LOGIN');
+    if (first.code !== 334) return first;
+    const second = await this.command(Buffer.from(user).toString('base64'));
+    if (second.code !== 334) return second;
+    return this.command(Buffer.from(password).toString('base64'));
+  }
+
+  /** MAIL, RCPT, DATA on this connection; returns the first refusal or the final reply. */
+  async send(from: string, raw: string | Buffer = `From: ${from}\r\nSubject: test\r\n\r\nhello\r\n`, to = 'someone@example.org'): Promise<Reply> {
+    const mail = await this.command(`MAIL FROM:<${from}>`);
+    if (mail.code !== 250) return mail;
+    const rcpt = await this.command(`RCPT TO:<${to}>`);
+    if (rcpt.code !== 250) return rcpt;
+    const data = await this.command('DATA');
+    if (data.code !== 354) return data;
+    this.write(dataPayload(Buffer.isBuffer(raw) ? raw : Buffer.from(raw)));
     return this.read();
   }
 
