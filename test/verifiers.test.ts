@@ -252,7 +252,7 @@ describe('verifier availability', () => {
     await symlink(execFileSync('sh', ['-c', 'command -v openssl'], { encoding: 'utf8' }).trim(), join(dir, 'openssl'));
     const env = { PATH: dir, CI: 'true' };
     expect(availableVerifiers(env)).toEqual(['openssl']);
-    expect(() => requireVerifiers(env)).toThrow(/apt-get install -y gpgsm libnss3-tools/);
+    expect(() => requireVerifiers(env)).toThrow(/apt-get install -y gpgsm gpg-agent libnss3-tools/);
   });
 });
 

@@ -179,7 +179,9 @@ export function verifyNss(message: Buffer, rootCertPath: string): Promise<Verify
 
 const BINARIES: Record<Verifier, string[]> = {
   openssl: ['openssl'],
-  gpgsm: ['gpgsm', 'gpgconf'],
+  // gpgsm asks gpg-agent whether the root is trusted (trustlist.txt); without the agent every
+  // signature fails as untrusted, which would look like a relay bug.
+  gpgsm: ['gpgsm', 'gpgconf', 'gpg-agent'],
   nss: ['certutil', 'cmsutil'],
 };
 
@@ -201,7 +203,7 @@ export function availableVerifiers(env: NodeJS.ProcessEnv = process.env): Verifi
   return (Object.keys(BINARIES) as Verifier[]).filter((v) => BINARIES[v].every((b) => onPath(b, env)));
 }
 
-const INSTALL_HINT = 'apt-get install -y gpgsm libnss3-tools';
+const INSTALL_HINT = 'apt-get install -y gpgsm gpg-agent libnss3-tools';
 let warned = false;
 
 /**
