@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { simpleParser, type Attachment, type ParsedMail } from 'mailparser';
 import MailComposer from 'nodemailer/lib/mail-composer';
@@ -109,7 +109,17 @@ mixed.attach(pdf)
 sys.stdout.buffer.write(mixed.as_bytes(policy=policy.compat32.clone(linesep='\r\n')))
 `;
 
-const corpus: Case[] = [
+/**
+ * The Tattler-shaped message is built by Python's own `email` package. Without python3 it is
+ * skipped loudly on a developer machine and fails under CI=true, like a missing verifier.
+ */
+const HAVE_PYTHON = spawnSync('python3', ['--version']).status === 0;
+if (!HAVE_PYTHON) {
+  if (process.env.CI === 'true') throw new Error('python3 is missing under CI: it builds the Tattler-shaped message (apt-get install -y python3)');
+  console.warn('\n!! WARNING: python3 not found; the Tattler-shaped (Python email) interop case is SKIPPED.\n');
+}
+
+const allCases: Case[] = [
   {
     name: 'plain 7bit text',
     build: (from) => msg(lines(`From: Notifications <${from}>`, 'To: a@example.org', 'Subject: plain', 'Date: Mon, 02 Mar 2026 10:00:00 +0000',
@@ -202,6 +212,7 @@ const corpus: Case[] = [
     utf8Headers: true,
   },
 ];
+const corpus = allCases.filter((c) => HAVE_PYTHON || !c.name.startsWith('Tattler'));
 
 // ---------------------------------------------------------------------------------------------
 // What the result must be
