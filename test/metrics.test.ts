@@ -301,7 +301,7 @@ describe('certificate problems show in the metrics and in /readyz', () => {
     }
   });
 
-  it('is not ready with only an expired certificate, and shows no expiry series for it', async () => {
+  it('is not ready with only an expired certificate, whose expiry gauge has gone negative', async () => {
     const day = 86_400_000;
     const expired = await pki.issueLeaf('expired', { emails: [SENDER], notBefore: new Date(Date.now() - 30 * day), notAfter: new Date(Date.now() - day) });
     const relay = await startObservedRelay({ SMIME_RELAY_CERT: expired.bundlePath, SMIME_RELAY_UPSTREAM: `file:${pki.dir}/outbox-expired`, SMIME_RELAY_METRICS: '127.0.0.1:0' });
@@ -310,7 +310,12 @@ describe('certificate problems show in the metrics and in /readyz', () => {
       const r = await eventually('/readyz', () => get(relay, '/readyz'), (x) => (x.body.upstream as { ok: unknown }).ok === true);
       expect(r.status).toBe(503);
       expect(r.body.reasons).toEqual([`no certificate is valid now (configured for ${SENDER})`]);
-      expect((await scrape(relay)).filter((s) => s.name === 'smime_relay_certificate_expiry_seconds')).toEqual([]);
+      const series = (await scrape(relay)).filter((s) => s.name === 'smime_relay_certificate_expiry_seconds');
+      expect(series).toHaveLength(1);
+      expect(series[0]!.labels).toMatchObject({ mailbox: SENDER });
+      // notAfter was a day ago: about -86,400 s, so an alert on "< 14 days" keeps firing.
+      expect(series[0]!.value).toBeLessThan(-80_000);
+      expect(series[0]!.value).toBeGreaterThan(-90_000);
     } finally {
       await relay.close();
     }

@@ -20,6 +20,8 @@ export interface CertificateStore {
   /** Every mailbox some configured certificate covers, for error texts. */
   mailboxes(): Mailbox[];
   lookup(mailbox: Mailbox): CertificateLookup;
+  /** Every certificate loaded now, valid or not (expired ones too), for the expiry gauge. */
+  bundles(): CertificateBundle[];
   /** Re-read the configured path (SIGHUP, file change). */
   reload(): void;
   close(): void;
@@ -117,12 +119,21 @@ class WatchedStore implements CertificateStore {
     return [...this.index.keys()].sort();
   }
 
-  lookup(mailbox: Mailbox): CertificateLookup {
+  /** Re-reads the path when it changed, at most once per recheckMs: cheap enough for every use. */
+  private recheck(): void {
     const t = Date.now();
-    if (t - this.lastCheck >= this.recheckMs) {
-      this.lastCheck = t;
-      this.load('use');
-    }
+    if (t - this.lastCheck < this.recheckMs) return;
+    this.lastCheck = t;
+    this.load('use');
+  }
+
+  bundles(): CertificateBundle[] {
+    this.recheck();
+    return [...this.sources.values()].flatMap((s) => s.loaded.flatMap((l) => (l.bundle ? [l.bundle] : [])));
+  }
+
+  lookup(mailbox: Mailbox): CertificateLookup {
+    this.recheck();
     const entry = this.index.get(mailbox);
     if (!entry) return { kind: 'unknown' };
     const now = this.now();

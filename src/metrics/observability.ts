@@ -2,7 +2,6 @@ import type { Logger } from 'pino';
 import type { CertificateStore } from '../certs/store.js';
 import type { Upstream } from '../upstream/upstream.js';
 import { startObservabilityServer, type ObservabilityServer } from './http.js';
-import { certificatesInService } from './in-service.js';
 import { createPrometheusMetrics, type PrometheusMetrics } from './prometheus.js';
 import { Readiness } from './readiness.js';
 import { noMetrics, type RelayMetrics } from './relay-metrics.js';
@@ -33,7 +32,7 @@ export class Observability {
   constructor(private readonly listen: { host: string; port: number } | undefined) {
     this.prometheus = listen
       ? createPrometheusMetrics({
-          certificates: () => (this.deps ? certificatesInService(this.deps.certs) : []),
+          certificates: () => this.deps?.certs.bundles() ?? [],
           connections: () => this.deps?.connections() ?? 0,
         })
       : undefined;

@@ -4,7 +4,7 @@ import { OUTCOMES, STAGES } from './outcome.js';
 import type { RelayMetrics } from './relay-metrics.js';
 
 export interface PrometheusMetricsOptions {
-  /** The certificates in service now; read at every scrape so a hot reload shows at once. */
+  /** Every loaded certificate, expired ones included (their gauge goes negative); read at every scrape. */
   certificates: () => readonly CertificateBundle[];
   /** Open client connections, read at every scrape. */
   connections: () => number;
