@@ -4,7 +4,8 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { assembleBundle, loadPemBundle, type CertificateBundle } from '../src/certs/bundle.js';
+import { assembleBundle, type CertificateBundle } from '../src/certs/bundle.js';
+import { loadPath } from '../src/certs/load.js';
 import { NativeEngine, encodeTime } from '../src/signing/native.js';
 import { OpensslEngine } from '../src/signing/openssl.js';
 
@@ -108,7 +109,7 @@ beforeAll(() => {
   for (const kind of ['rsa', 'ec'] as const) {
     const path = join(dir, `${kind}.bundle.pem`);
     writeFileSync(path, [`${kind}.key`, `${kind}.crt`, 'int.crt'].map((f) => readFileSync(join(dir, f), 'latin1')).join(''));
-    bundles[kind] = loadPemBundle(path);
+    bundles[kind] = loadPath(path).entries[0]!.bundle!;
   }
 
   gnupgHome = join(dir, 'gnupg');

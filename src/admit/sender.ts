@@ -1,4 +1,5 @@
 import addressparser from 'nodemailer/lib/addressparser';
+import { DEFAULT_MAX_HEADER_BYTES, fieldValue, topHeaderFields } from '../mime/header.js';
 import { toMailbox, type Mailbox } from '../mime/mailbox.js';
 import type { Principal } from '../access/users.js';
 import { RelayError, replies } from '../smtp/reply.js';
@@ -19,27 +20,12 @@ export function admitEnvelopeSender(address: string, covered: readonly Mailbox[]
   return mailbox;
 }
 
-/** Returns the unfolded value of the single header `name` in a raw header block, or the count found. */
-export function headerValues(headerBlock: string, name: string): string[] {
-  const unfolded = headerBlock.replace(/\r?\n(?=[ \t])/g, '');
-  const prefix = name.toLowerCase() + ':';
-  return unfolded
-    .split(/\r?\n/)
-    .filter((line) => line.toLowerCase().startsWith(prefix))
-    .map((line) => line.slice(prefix.length).trim());
-}
-
-/** The header block of a raw message: everything before the first empty line. */
-export function headerBlockOf(raw: Buffer): string {
-  let end = raw.indexOf('\r\n\r\n');
-  const lf = raw.indexOf('\n\n');
-  if (end < 0 || (lf >= 0 && lf < end)) end = lf;
-  return raw.subarray(0, end < 0 ? raw.length : end).toString('utf8');
-}
-
 /** The From header must be exactly one mailbox (RFC 5322 §3.6.2 allows several; we cannot sign for several). */
 export function admitFromHeader(raw: Buffer, covered: readonly Mailbox[], principal?: Principal): Mailbox {
-  const values = headerValues(headerBlockOf(raw), 'from');
+  const fields = topHeaderFields(raw);
+  if (!fields) throw new RelayError(replies.malformedMessage(`header block exceeds the limit of ${DEFAULT_MAX_HEADER_BYTES} bytes`));
+  // Header values are raw bytes; SMTPUTF8 (RFC 6532) puts UTF-8 in them.
+  const values = fields.filter((f) => f.name === 'from').map((f) => Buffer.from(fieldValue(f), 'latin1').toString('utf8').trim());
   if (values.length === 0) throw new RelayError(replies.fromHeaderInvalid('is missing'));
   if (values.length > 1) throw new RelayError(replies.fromHeaderInvalid(`appears ${values.length} times`));
   const parsed = addressparser(values[0]!, { flatten: true });

@@ -1,5 +1,4 @@
-import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { X509Certificate, type KeyObject } from 'node:crypto';
 import { toMailbox, type Mailbox } from '../mime/mailbox.js';
 
 /** A signing identity: private key, leaf certificate and chain, as loaded from one file. */
@@ -60,17 +59,6 @@ export function assembleBundle(source: string, key: KeyObject, certs: X509Certif
     notBefore: new Date(leaf.validFrom),
     notAfter: new Date(leaf.validTo),
   };
-}
-
-/** Loads an unencrypted PEM bundle (key, leaf, chain in any order). */
-export function loadPemBundle(path: string): CertificateBundle {
-  const text = readFileSync(path, 'latin1');
-  const blocks = pemBlocks(text);
-  const keyBlock = blocks.find((b) => b.label.endsWith('PRIVATE KEY'));
-  const certs = blocks.filter((b) => b.label === 'CERTIFICATE').map((b) => new X509Certificate(b.text));
-  if (!keyBlock) throw new Error(`${path}: no 'BEGIN PRIVATE KEY' section found`);
-  if (certs.length === 0) throw new Error(`${path}: no 'BEGIN CERTIFICATE' section found`);
-  return assembleBundle(path, createPrivateKey(keyBlock.text), certs);
 }
 
 /** What a log line may say about a bundle: never key material. */

@@ -1,4 +1,4 @@
-import { fieldValue, readHeaderBlock } from '../mime/header.js';
+import { fieldValue, topHeaderFields } from '../mime/header.js';
 
 /**
  * DKIM-Signature fields that arrive with a message. S/MIME signing rewrites the body and the
@@ -14,21 +14,15 @@ export interface IncomingDkim {
   withoutSignatures(): Buffer;
 }
 
-const MAX_HEADER_BYTES = 256 * 1024;
-
 export function incomingDkim(raw: Buffer): IncomingDkim {
-  let block;
-  try {
-    block = readHeaderBlock(raw, 0, raw.length, MAX_HEADER_BYTES);
-  } catch {
-    return { domains: [], withoutSignatures: () => raw };
-  }
+  const fields = topHeaderFields(raw);
+  if (!fields) return { domains: [], withoutSignatures: () => raw };
   // Byte ranges of each field, including its line terminators, found through the line buffers
   // (they are views into `raw`).
-  const starts = block.fields.map((f) => f.lines[0]!.byteOffset - raw.byteOffset);
+  const starts = fields.map((f) => f.lines[0]!.byteOffset - raw.byteOffset);
   const ranges: [number, number][] = [];
   const domains: string[] = [];
-  block.fields.forEach((field, i) => {
+  fields.forEach((field, i) => {
     if (field.name !== 'dkim-signature') return;
     domains.push(tagValue(fieldValue(field), 'd') ?? '?');
     const end = i + 1 < starts.length ? starts[i + 1]! : endOfField(raw, field.lines[field.lines.length - 1]!, raw.byteOffset);

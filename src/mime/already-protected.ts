@@ -1,4 +1,4 @@
-import { fieldValue, parseContentType, readHeaderBlock } from './header.js';
+import { fieldValue, parseContentType, topHeaderFields } from './header.js';
 
 /**
  * Top-level types that mean the sender already signed or encrypted the message (RFC 8551 §3.5,
@@ -12,18 +12,9 @@ const PROTECTED_TYPES = new Set([
   'application/x-pkcs7-mime',
 ]);
 
-/** A header block larger than this is not something we inspect; prepare rejects it anyway. */
-const MAX_HEADER_BYTES = 256 * 1024;
-
 /** The top-level Content-Type (lower case, no parameters) when it is already S/MIME or PGP/MIME protected. */
 export function alreadyProtected(raw: Buffer): string | undefined {
-  let fields;
-  try {
-    fields = readHeaderBlock(raw, 0, raw.length, MAX_HEADER_BYTES).fields;
-  } catch {
-    return undefined;
-  }
-  const field = fields.find((f) => f.name === 'content-type');
+  const field = topHeaderFields(raw)?.find((f) => f.name === 'content-type');
   if (!field) return undefined;
   const ct = parseContentType(fieldValue(field));
   if (!ct) return undefined;

@@ -53,6 +53,22 @@ export function readHeaderBlock(buf: Buffer, start: number, end: number, maxByte
   return { fields, bodyStart: end };
 }
 
+/** Largest top-level header block the relay reads (prepare's default limit too). */
+export const DEFAULT_MAX_HEADER_BYTES = 256 * 1024;
+
+/**
+ * The top-level header fields of a raw message, or undefined when the block is larger than
+ * DEFAULT_MAX_HEADER_BYTES (prepare then refuses the message with a reason).
+ */
+export function topHeaderFields(raw: Buffer): HeaderField[] | undefined {
+  try {
+    return readHeaderBlock(raw, 0, raw.length, DEFAULT_MAX_HEADER_BYTES).fields;
+  } catch (e) {
+    if (e instanceof MimeError) return undefined;
+    throw e;
+  }
+}
+
 /** The field as CRLF-terminated lines. */
 export function serializeField(field: HeaderField): Buffer[] {
   const out: Buffer[] = [];

@@ -26,6 +26,7 @@ import {
   sanitizeField,
   serializeField,
   serializeParams,
+  DEFAULT_MAX_HEADER_BYTES,
 } from './header.js';
 
 export { MimeError };
@@ -54,7 +55,6 @@ export interface PreparedMessage {
   entity: Buffer;
 }
 
-export const DEFAULT_MAX_HEADER_BYTES = 256 * 1024;
 export const DEFAULT_MAX_PARTS = 1000;
 export const DEFAULT_MAX_DEPTH = 20;
 

@@ -22,8 +22,6 @@ export class RelayError extends Error {
   }
 }
 
-export const isTransient = (r: SmtpReply): boolean => r.code >= 400 && r.code < 500;
-
 const list = (xs: readonly string[]): string => (xs.length ? xs.join(', ') : '(none)');
 
 export const replies = {
