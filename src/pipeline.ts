@@ -13,7 +13,7 @@ import { SigningError, type SigningEngine } from './signing/engine.js';
 import { outcomeOf } from './metrics/outcome.js';
 import { noMetrics, type RelayMetrics } from './metrics/relay-metrics.js';
 import { StageTimer } from './metrics/stage-timer.js';
-import { RelayError, replies, type SmtpReply } from './smtp/reply.js';
+import { RelayError, replies, type SmtpReply } from './replies.js';
 import { RefusedRecipients } from './upstream/refused-recipients.js';
 import type { Envelope, Upstream } from './upstream/upstream.js';
 

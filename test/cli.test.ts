@@ -8,11 +8,7 @@ import { sendMessage } from './support/client.js';
 const root = new URL('..', import.meta.url).pathname;
 const cli = join(root, 'dist/cli.js');
 
-beforeAll(() => {
-  // The CLI tests run what `npm start` runs: the compiled dist/. Build it so they never test stale code.
-  const build = spawnSync('npx', ['tsc', '-p', 'src'], { cwd: root, encoding: 'utf8' });
-  expect(build.status, build.stdout + build.stderr).toBe(0);
-}, 120_000);
+// The CLI tests run what `npm start` runs: the compiled dist/, built once by test/global-setup.ts.
 
 function run(args: string[], env: Record<string, string> = {}, cwd = root) {
   return spawnSync(process.execPath, [cli, ...args], { cwd, env: { PATH: process.env.PATH!, ...env }, encoding: 'utf8' });

@@ -7,7 +7,7 @@ import { startRelay, type RelayInternals, type RunningRelay } from '../src/app.j
 import { loadConfig } from '../src/config/load.js';
 import { createLogger } from '../src/log.js';
 import { OUTCOMES } from '../src/metrics/outcome.js';
-import { replies } from '../src/smtp/reply.js';
+import { replies } from '../src/replies.js';
 import { RawClient, sendMessage } from './support/client.js';
 import { createTestPki, type Leaf, type TestPki } from './support/pki.js';
 import { startSink, type Sink } from './support/sink.js';

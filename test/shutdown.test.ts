@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -25,8 +25,6 @@ let sink: Sink;
 let cwd: string;
 
 beforeAll(async () => {
-  const build = spawnSync('npx', ['tsc', '-p', 'src'], { cwd: root, encoding: 'utf8' });
-  expect(build.status, build.stdout + build.stderr).toBe(0);
   pki = await createTestPki();
   leaf = await pki.issueLeaf('alerts', { emails: [SENDER] });
   sink = await startSink();

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { SMTPServer, SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
-import { RelayError, replies, type SmtpReply } from '../smtp/reply.js';
+import { RelayError, replies, type SmtpReply } from '../replies.js';
 import { loadListenerTls, type ListenerTls, type ListenerTlsSettings } from './listener-tls.js';
 import { isLoopback, plainAddress, type AllowList } from './network.js';
 import type { Principal, Users } from './users.js';

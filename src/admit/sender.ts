@@ -2,7 +2,7 @@ import addressparser from 'nodemailer/lib/addressparser';
 import { DEFAULT_MAX_HEADER_BYTES, fieldValue, topHeaderFields } from '../mime/header.js';
 import { toMailbox, type Mailbox } from '../mime/mailbox.js';
 import type { Principal } from '../access/users.js';
-import { RelayError, replies } from '../smtp/reply.js';
+import { RelayError, replies } from '../replies.js';
 
 /**
  * admit: the relay signs only as a mailbox one of its certificates names. Both the envelope

@@ -10,7 +10,7 @@ import { buildSignedMessage } from '../mime/multipart-signed.js';
 import { MimeError, prepareMessage } from '../mime/prepare.js';
 import type { SigningEngine } from '../signing/engine.js';
 import { createEngine } from '../signing/create.js';
-import { RelayError } from '../smtp/reply.js';
+import { RelayError } from '../replies.js';
 
 export const SIGN_HELP = `Usage: smime-relay sign --cert PATH [--in FILE] [--out FILE] [options]
 

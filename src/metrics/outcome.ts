@@ -1,6 +1,6 @@
 /**
  * What became of one message, as counted by `smime_relay_messages_total{outcome}` and written to
- * the transaction log line. Each refusal reply in src/smtp/reply.ts carries its outcome, so the
+ * the transaction log line. Each refusal reply in src/replies.ts carries its outcome, so the
  * reply code and the outcome cannot drift apart.
  */
 export const OUTCOMES = [

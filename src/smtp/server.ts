@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { AccessPolicy } from '../access/policy.js';
 import { newTransactionId, type Pipeline } from '../pipeline.js';
 import { declaredSize, readData } from './read-data.js';
-import { RelayError, replies, type SmtpReply } from './reply.js';
+import { RelayError, replies, type SmtpReply } from '../replies.js';
 import type { SessionPolicy } from './sessions.js';
 import type { GreetingDelayOption } from './smtp-server-patches.js';
 import './smtp-server-patches.js';

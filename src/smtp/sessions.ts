@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import type { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
-import { replies, type SmtpReply } from './reply.js';
+import { replies, type SmtpReply } from '../replies.js';
 
 export interface SessionPolicyOptions {
   /** SMIME_RELAY_MAX_CLIENTS: smtp-server answers 421 past it. */

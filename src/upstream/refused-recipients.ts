@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
-import { replies, type SmtpReply } from '../smtp/reply.js';
+import { replies, type SmtpReply } from '../replies.js';
 import { buildDsn } from './dsn.js';
 import type { Delivery, Envelope, Upstream } from './upstream.js';
 

@@ -1,6 +1,6 @@
 import nodemailer, { type Transporter } from 'nodemailer';
 import type { Logger } from 'pino';
-import { RelayError, replies } from '../smtp/reply.js';
+import { RelayError, replies } from '../replies.js';
 import type { UpstreamTarget } from '../config/settings.js';
 import type { DkimSigning } from '../dkim/signing.js';
 import type { Delivery, Envelope, RecipientRejection, Upstream } from './upstream.js';

@@ -1,4 +1,4 @@
-import type { MessageOutcome } from '../metrics/outcome.js';
+import type { MessageOutcome } from './metrics/outcome.js';
 
 /**
  * Every SMTP answer the relay gives, in one place. A failure anywhere in the pipeline is a
