@@ -7,7 +7,7 @@ import type { CertificateBundle } from './certs/bundle.js';
 import { incomingDkim } from './dkim/incoming.js';
 import type { Mailbox } from './mime/mailbox.js';
 import { alreadyProtected } from './mime/already-protected.js';
-import { buildSignedMessage } from './mime/multipart-signed.js';
+import { draftSignedMessage } from './mime/multipart-signed.js';
 import { MimeError, prepareMessage } from './mime/prepare.js';
 import { SigningError, type SigningEngine } from './signing/engine.js';
 import { outcomeOf } from './metrics/outcome.js';
@@ -141,9 +141,10 @@ export class Pipeline {
     const bundle = this.certificateFor(from, log);
     if (!bundle) return { message: raw, accepted: 'passed_unsigned' };
     fields.serial = bundle.serial;
-    const prepared = await timer.time('prepare', () => prepare(this.handleIncomingDkim(raw, log), options));
+    // The entity is written once, into the message that is sent, and signed there.
+    const draft = await timer.time('prepare', () => draftSignedMessage(prepare(this.handleIncomingDkim(raw, log), options)));
     log.info({ from }, `Signing email notification from ${from}`);
-    const message = await timer.time('sign', async () => buildSignedMessage(prepared, await engine.sign(prepared.entity, bundle)));
+    const message = await timer.time('sign', async () => draft.complete(await engine.sign(draft.content, bundle)));
     return { message, accepted: 'signed' };
   }
 

@@ -16,6 +16,7 @@
  *   not copied: it stays outside, where RFC 9788 readers treat it as unprotected.
  */
 import { rewriteEntity, type Walk } from './entity.js';
+import { EntityPieces } from './entity-pieces.js';
 import { MimeError } from './error.js';
 import {
   type HeaderField,
@@ -51,8 +52,9 @@ export interface PreparedMessage {
    * text/plain; charset=us-ascii), a blank line, then the body, 7-bit clean, CRLF only,
    * no line over 998 octets, top-level epilogue dropped. A multipart entity ends with its
    * close delimiter and one CRLF; the builder adds "CRLF--boundary" after the entity.
+   * Still in pieces: it is written once, into the outgoing message (src/mime/multipart-signed.ts).
    */
-  entity: Buffer;
+  entity: EntityPieces;
 }
 
 export const DEFAULT_MAX_PARTS = 1000;
@@ -105,7 +107,7 @@ function prepare(raw: Buffer, opts: PrepareOptions): PreparedMessage {
     }
   }
 
-  const walk: Walk = { limits, parts: 0, out: [] };
+  const walk: Walk = { limits, parts: 0, out: new EntityPieces() };
   rewriteEntity(content, raw.subarray(block.bodyStart), walk, {
     depth: 0,
     top: true,
@@ -113,7 +115,7 @@ function prepare(raw: Buffer, opts: PrepareOptions): PreparedMessage {
     ancestors: [],
     message: false,
   });
-  return { outerHeaders: Buffer.concat(outer), entity: Buffer.concat(walk.out) };
+  return { outerHeaders: Buffer.concat(outer), entity: walk.out };
 }
 
 function positive(value: number | undefined, fallback: number): number {
