@@ -308,6 +308,35 @@ describe('prepareMessage: corpus of real-world shapes', () => {
   });
 });
 
+describe('prepareMessage: text that is mostly 8-bit goes to base64, the rest stays quoted-printable', () => {
+  const textPart = (body: string, eol: string) =>
+    b(HEAD + `MIME-Version: 1.0${eol}Content-Type: text/plain; charset=utf-8${eol}Content-Transfer-Encoding: 8bit${eol}${eol}` + utf8(body));
+
+  it('keeps quoted-printable for German text, where it costs little', async () => {
+    const r = await check(textPart('Grüße aus Köln: die Änderungen für Düsseldorf kommen später.\r\n'.repeat(40), '\r\n'));
+    expect(r.entityText).toContain('Content-Transfer-Encoding: quoted-printable\r\n\r\nGr=C3=BC=C3=9Fe aus K=C3=B6ln');
+  });
+
+  for (const [name, eol] of [['CRLF', '\r\n'], ['LF', '\n']] as const) {
+    it(`writes Russian text as base64 of its CRLF form, a third of its quoted-printable size (${name} line ends)`, async () => {
+      const line = 'Съешь же ещё этих мягких французских булок, да выпей чаю.';
+      const r = await check(textPart((line + eol).repeat(40), eol));
+      const [head, body] = r.entityText.split('\r\n\r\n');
+      expect(head).toBe('Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64');
+      expect(Buffer.from(body!, 'base64').toString('utf8')).toBe((line + '\r\n').repeat(40));
+      expect(r.entity.length).toBeLessThan(1.45 * Buffer.byteLength((line + '\r\n').repeat(40)));
+    });
+  }
+
+  it('decides on the start of a large part, and on the whole part when the start is mostly ASCII', async () => {
+    const ascii = 'The figures for the quarter are in the table below, per region.\r\n'.repeat(1100); // over 64 KiB
+    const cyrillic = 'Широкая электрификация южных губерний даст мощный толчок.\r\n'.repeat(2000);
+    expect((await check(textPart(cyrillic + ascii, '\r\n'))).entityText).toContain('Content-Transfer-Encoding: base64');
+    expect((await check(textPart(ascii + cyrillic, '\r\n'))).entityText).toContain('Content-Transfer-Encoding: base64');
+    expect((await check(textPart(ascii + 'Grüße\r\n', '\r\n'))).entityText).toContain('Content-Transfer-Encoding: quoted-printable');
+  });
+});
+
 describe('prepareMessage: limits and malformed input give MimeError', () => {
   const nested = (depth: number): string => {
     let s = 'Content-Type: text/plain\r\n\r\nleaf\r\n';

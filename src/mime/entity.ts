@@ -17,8 +17,8 @@ import {
   sanitizeField,
   serializeField,
 } from './header.js';
-import { F_BARE_LF, UNSAFE, scan } from './scan.js';
-import { decodeBase64, decodeQuotedPrintable } from './transfer-encoding.js';
+import { F_BARE_LF, UNSAFE, bareLineFeeds, lfToCrlf, scan } from './scan.js';
+import { base64Size, decodeBase64, decodeQuotedPrintable, quotedPrintableBound } from './transfer-encoding.js';
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -241,13 +241,40 @@ function rewriteLeaf(
   else if (cte === 'base64') content = walk.out.hold(decodeBase64(body));
   else throw new MimeError(`cannot re-encode a part with unknown Content-Transfer-Encoding "${cte}"`);
   // base64 stays base64 even for text: it keeps the exact bytes and is already safe once rewrapped
-  if (isText && cte !== 'base64') {
-    emitHeaders(fields, 'quoted-printable', walk, place);
-    walk.out.quotedPrintable(content);
-  } else {
-    emitHeaders(fields, 'base64', walk, place);
-    walk.out.base64(content);
+  if (isText && cte !== 'base64') return rewriteText(fields, content, walk, place);
+  emitHeaders(fields, 'base64', walk, place);
+  walk.out.base64(content);
+}
+
+/** Enough of a text part to see that it is mostly 8-bit without pricing all of it. */
+const TEXT_SAMPLE = 64 * 1024;
+
+/**
+ * Quoted-printable keeps text readable in the source, and costs little for text that is mostly
+ * ASCII. Text that is mostly 8-bit (Cyrillic, Greek, CJK in UTF-8) would nearly triple in it, and
+ * the relay holds that copy of every message in flight, so such text goes to base64 once
+ * quoted-printable would be over half again as long (Python's email package also picks by
+ * length). base64 then carries the text's canonical form, CRLF line breaks (RFC 2045 §6.8), so
+ * both decode to the same bytes.
+ */
+function rewriteText(fields: HeaderField[], content: Buffer, walk: Walk, place: Place): void {
+  // Pricing takes a pass over the whole part, so when its start already calls for base64 that decides.
+  const sample = content.subarray(0, TEXT_SAMPLE);
+  if (sample.length === content.length || quotedPrintableFits(sample)) {
+    const qp = quotedPrintableBound(content);
+    if (quotedPrintableFits(content, qp)) {
+      emitHeaders(fields, 'quoted-printable', walk, place);
+      walk.out.quotedPrintable(content, qp);
+      return;
+    }
   }
+  emitHeaders(fields, 'base64', walk, place);
+  walk.out.base64(bareLineFeeds(content) ? walk.out.hold(lfToCrlf(content)) : content);
+}
+
+/** Quoted-printable of `text` is at most half again as long as base64 of its canonical form. */
+function quotedPrintableFits(text: Buffer, qp = quotedPrintableBound(text)): boolean {
+  return qp <= 1.5 * base64Size(text.length + bareLineFeeds(text));
 }
 
 interface Split {
