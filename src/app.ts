@@ -6,11 +6,14 @@ import { openCertificateStore, type CertificateStore } from './certs/store.js';
 import type { Config } from './config/settings.js';
 import { ConfigError } from './config/load.js';
 import { dkimSigningFrom, withDkimSigning, type DkimSigning } from './dkim/signing.js';
+import { MemoryBudget } from './memory/budget.js';
+import { messageFootprint } from './memory/footprint.js';
 import { Observability } from './metrics/observability.js';
 import { Pipeline } from './pipeline.js';
 import { checkOpensslVersion } from './signing/openssl-version.js';
 import { createEngine } from './signing/create.js';
 import { greetingDelay } from './smtp/greeting.js';
+import { MemoryAdmission } from './smtp/memory-admission.js';
 import { createReceiver } from './smtp/server.js';
 import { SessionPolicy } from './smtp/sessions.js';
 import { FileUpstream } from './upstream/file.js';
@@ -68,6 +71,23 @@ function resolveCertificatePath(config: Config, log: Logger): string {
   return dev.bundlePath;
 }
 
+/**
+ * SMIME_RELAY_MEMORY_BUDGET, refused at start when it cannot hold even one message of
+ * SMIME_RELAY_MAX_SIZE: every such message would get 452 until its client gave up on it.
+ */
+function memoryBudget(config: Config): MemoryBudget {
+  const least = messageFootprint(config.maxSize, config.signing === 'on');
+  if (config.memoryBudget < least) {
+    const mib = (n: number) => `${Math.ceil(n / 2 ** 20)} MiB`;
+    throw new ConfigError(
+      `SMIME_RELAY_MEMORY_BUDGET (${mib(config.memoryBudget)}) cannot hold one message of SMIME_RELAY_MAX_SIZE ` +
+        `(${mib(config.maxSize)}) while it is ${config.signing === 'on' ? 'signed' : 'relayed'}, which takes up to ${mib(least)}. ` +
+        `Set SMIME_RELAY_MEMORY_BUDGET to at least ${mib(least)}, or lower SMIME_RELAY_MAX_SIZE.`,
+    );
+  }
+  return new MemoryBudget(config.memoryBudget);
+}
+
 /** Knobs that are not user settings; tests shorten the upstream probe interval. */
 export interface RelayInternals {
   probeIntervalMs?: number;
@@ -78,6 +98,7 @@ export interface RelayInternals {
 export async function startRelay(config: Config, log: Logger, internals: RelayInternals = {}): Promise<RunningRelay> {
   // First: an exposed listener without ALLOW or USERS must stop the relay before anything else happens.
   const access = await openAccess(config, log);
+  const budget = memoryBudget(config);
   // Before anything is opened: a missing or pre-3.0 openssl is a start-up error, not 451 on every message.
   if (config.engine === 'openssl') log.debug({ openssl: checkOpensslVersion(internals.openssl) }, 'openssl found');
   const observability = new Observability(config.metrics);
@@ -110,6 +131,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     sessions,
     lmtp: config.lmtp,
     maxSize: config.maxSize,
+    memory: new MemoryAdmission({ budget, signing: config.signing === 'on', idleTimeoutMs: config.idleTimeoutMs, log, metrics: observability.metrics }),
     log,
     proxyProtocol: config.proxyProtocol,
     greetingDelay: greetingDelay({ delayMs: config.greetingDelayMs, isTrusted: (a) => access.allowListed(a) }),
@@ -135,6 +157,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
       log,
       live: () => server.server.listening,
       connections: () => server.connections.size,
+      memory: budget,
       probeIntervalMs: internals.probeIntervalMs,
     });
   } catch (e) {

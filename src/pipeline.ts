@@ -6,8 +6,9 @@ import type { CertificateStore } from './certs/store.js';
 import type { CertificateBundle } from './certs/bundle.js';
 import { incomingDkim } from './dkim/incoming.js';
 import type { Mailbox } from './mime/mailbox.js';
+import type { Reservation } from './memory/budget.js';
 import { alreadyProtected } from './mime/already-protected.js';
-import { draftSignedMessage } from './mime/multipart-signed.js';
+import { draftSignedMessage, draftSize } from './mime/multipart-signed.js';
 import { MimeError, prepareMessage } from './mime/prepare.js';
 import { SigningError, type SigningEngine } from './signing/engine.js';
 import { outcomeOf } from './metrics/outcome.js';
@@ -26,6 +27,12 @@ export interface Transaction {
   readonly client: { address: string; hostname?: string; peer?: string };
   /** Who authenticated (SMIME_RELAY_USERS); undefined when the relay has no users file. */
   readonly principal?: Principal;
+  /**
+   * This message's share of SMIME_RELAY_MEMORY_BUDGET, reserved by the receiver for the bytes
+   * received and an estimate of the signed copy; every stage that makes a large copy holds it
+   * here first (hold()). Undefined where nothing is budgeted.
+   */
+  readonly memory?: Reservation;
 }
 
 export interface PipelineOptions {
@@ -103,7 +110,9 @@ export class Pipeline {
       fields.from = from;
 
       // prepare + sign (or pass through, where the configuration or the message says so)
-      const { message: outgoing, accepted } = await this.sign(tx.raw, from, fields, timer, log);
+      const { message: outgoing, accepted } = await this.sign(tx.raw, from, fields, timer, log, tx.memory);
+      // From here on the message holds only what it received and what it sends.
+      tx.memory?.shrink(tx.raw.length + (outgoing === tx.raw ? 0 : outgoing.length));
 
       // forward
       const delivery = await timer.time('upstream', () => upstream.deliver(tx.envelope, outgoing));
@@ -127,7 +136,7 @@ export class Pipeline {
    * outgoing bytes leave this method, so the prepared entity is garbage before the upstream wait.
    */
   private async sign(
-    raw: Buffer, from: Mailbox, fields: Record<string, unknown>, timer: StageTimer, log: Logger,
+    raw: Buffer, from: Mailbox, fields: Record<string, unknown>, timer: StageTimer, log: Logger, memory: Reservation | undefined,
   ): Promise<{ message: Buffer; accepted: AcceptedOutcome }> {
     const { engine, options } = this.deps;
     if (options.signing === 'off') return { message: raw, accepted: 'passed_unsigned' };
@@ -142,7 +151,13 @@ export class Pipeline {
     if (!bundle) return { message: raw, accepted: 'passed_unsigned' };
     fields.serial = bundle.serial;
     // The entity is written once, into the message that is sent, and signed there.
-    const draft = await timer.time('prepare', () => draftSignedMessage(prepare(this.handleIncomingDkim(raw, log), options)));
+    const draft = await timer.time('prepare', () => {
+      const input = this.handleIncomingDkim(raw, log);
+      const prepared = prepare(input, options);
+      // The one large allocation of signing, so the budget is checked before it is made.
+      hold(memory, raw.length + (input === raw ? 0 : input.length) + prepared.entity.held + draftSize(prepared));
+      return draftSignedMessage(prepared);
+    });
     log.info({ from }, `Signing email notification from ${from}`);
     const message = await timer.time('sign', async () => draft.complete(await engine.sign(draft.content, bundle)));
     return { message, accepted: 'signed' };
@@ -216,6 +231,17 @@ function prepare(raw: Buffer, options: PipelineOptions) {
       throw new RelayError(e.cause ? replies.internalError(e.message) : replies.malformedMessage(e.message));
     }
     throw e;
+  }
+}
+
+/**
+ * Sets what a message holds in SMIME_RELAY_MEMORY_BUDGET before a stage makes its copy. Growth
+ * never waits (the message already holds memory, and waiting while holding could deadlock): it
+ * fits now, or the client gets 452 4.3.1 and retries.
+ */
+function hold(memory: Reservation | undefined, bytes: number): void {
+  if (memory && !memory.resize(bytes)) {
+    throw new RelayError(replies.insufficientMemory('no room to sign this message now'));
   }
 }
 

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { CertificateStore } from '../certs/store.js';
+import type { MemoryBudget } from '../memory/budget.js';
 import type { Upstream } from '../upstream/upstream.js';
 import { startObservabilityServer, type ObservabilityServer } from './http.js';
 import { createPrometheusMetrics, type PrometheusMetrics } from './prometheus.js';
@@ -13,6 +14,8 @@ export interface ServeDeps {
   /** True while the SMTP listener accepts connections. */
   live: () => boolean;
   connections: () => number;
+  /** SMIME_RELAY_MEMORY_BUDGET, read at every scrape. */
+  memory?: MemoryBudget;
   /** Upstream probe interval; tests shorten it. */
   probeIntervalMs?: number;
 }
@@ -34,6 +37,7 @@ export class Observability {
       ? createPrometheusMetrics({
           certificates: () => this.deps?.certs.bundles() ?? [],
           connections: () => this.deps?.connections() ?? 0,
+          memory: () => this.deps?.memory,
         })
       : undefined;
     this.metrics = this.prometheus ?? noMetrics;

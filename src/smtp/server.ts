@@ -2,6 +2,7 @@ import { SMTPServer, type SMTPServerSession } from 'smtp-server';
 import type { Logger } from 'pino';
 import { AccessPolicy } from '../access/policy.js';
 import { newTransactionId, type Pipeline } from '../pipeline.js';
+import type { MemoryAdmission } from './memory-admission.js';
 import { declaredSize, readData } from './read-data.js';
 import { RelayError, replies, type SmtpReply } from '../replies.js';
 import type { SessionPolicy } from './sessions.js';
@@ -21,6 +22,8 @@ export interface ReceiveOptions {
   sessions?: SessionPolicy;
   /** SMIME_RELAY_LMTP: speak LMTP; the pipeline then answers each recipient separately. */
   lmtp?: boolean;
+  /** SMIME_RELAY_MEMORY_BUDGET (src/smtp/memory-admission.ts); default: no budget. */
+  memory?: MemoryAdmission;
 }
 
 /** smtp-server reads the reply code from err.responseCode; the enhanced status goes first in the text. */
@@ -34,6 +37,7 @@ export function createReceiver(pipeline: Pipeline, opts: ReceiveOptions): SMTPSe
   const access = opts.access ?? AccessPolicy.open(log);
   const accessOptions = access.serverOptions();
   const sessions = opts.sessions;
+  const memory = opts.memory;
   const server = new SMTPServer({
     name: 'smime-relay',
     banner: 'smime-relay ready',
@@ -62,6 +66,7 @@ export function createReceiver(pipeline: Pipeline, opts: ReceiveOptions): SMTPSe
     },
     onClose(session) {
       sessions?.closed(session);
+      memory?.closed(session);
     },
     disableReverseLookup: true,
     logger: false,
@@ -77,14 +82,20 @@ export function createReceiver(pipeline: Pipeline, opts: ReceiveOptions): SMTPSe
       if (refused) return callback(smtpError(refused));
       try {
         pipeline.admitSender(address.address, access.admitSession(session));
-        callback();
       } catch (e) {
-        callback(e instanceof RelayError ? smtpError(e.reply) : (e as Error));
+        return callback(e instanceof RelayError ? smtpError(e.reply) : (e as Error));
       }
+      if (!memory) return callback();
+      // May wait for room in the memory budget; the sender was checked first, so nobody waits only to be refused.
+      memory.admit(session, declaredSize(address.args)).then(
+        (refused) => callback(refused ? smtpError(refused) : null),
+        (e: Error) => callback(e),
+      );
     },
     onData(stream, session: SMTPServerSession, callback) {
+      const held = memory?.receiving(session);
       void (async () => {
-        const data = await readData(stream, maxSize, declaredSize(session.envelope.mailFrom && session.envelope.mailFrom.args));
+        const data = await readData(stream, maxSize, declaredSize(session.envelope.mailFrom && session.envelope.mailFrom.args), held?.admit);
         sessions?.received(session);
         const peer = session.xForward.get('ADDR:DEFAULT');
         const tx = {
@@ -97,7 +108,8 @@ export function createReceiver(pipeline: Pipeline, opts: ReceiveOptions): SMTPSe
           principal: access.principalOf(session),
         };
         if (data === 'too-big') return smtpError(pipeline.refuse(tx, replies.messageTooBig(maxSize)));
-        const reply = await pipeline.process({ ...tx, raw: data });
+        if (data === 'no-memory') return smtpError(pipeline.refuse(tx, replies.insufficientMemory('the messages in progress hold the whole memory budget')));
+        const reply = await pipeline.process({ ...tx, raw: data, memory: held?.reservation });
         // LMTP (RFC 2033 §4.2): one answer per recipient, in RCPT order.
         if (opts.lmtp && reply.recipients) return reply.recipients.map((r) => (r.code === 250 ? `${r.status} ${r.text}` : smtpError(r)));
         return reply.code === 250 ? `${reply.status} ${reply.text}` : smtpError(reply);
@@ -109,7 +121,10 @@ export function createReceiver(pipeline: Pipeline, opts: ReceiveOptions): SMTPSe
             callback(smtpError(replies.internalError(e.message)));
           },
         )
-        .finally(() => sessions?.answered(session));
+        .finally(() => {
+          held?.reservation.release();
+          sessions?.answered(session);
+        });
     },
   });
   sessions?.attach(server);
