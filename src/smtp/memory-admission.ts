@@ -54,11 +54,14 @@ export class MemoryAdmission {
     const started = performance.now();
     const result = await this.opts.budget.reserve(bytes, { waitMs: this.waitMs, signal: wait.signal });
     this.waits.delete(session.id);
-    if (typeof result !== 'string') {
-      this.pending.set(session.id, result);
-      return undefined;
+    if (typeof result === 'string') return this.refuse(session, result, declaredSize, performance.now() - started);
+    // granted just as the connection closed: closed() has run already, so nobody else gives it back
+    if (wait.signal.aborted) {
+      result.release();
+      return replies.insufficientMemory('the connection closed while waiting');
     }
-    return this.refuse(session, result, declaredSize, performance.now() - started);
+    this.pending.set(session.id, result);
+    return undefined;
   }
 
   /**
@@ -90,11 +93,13 @@ export class MemoryAdmission {
   }
 
   private refuse(session: SMTPServerSession, why: Shortfall, declaredSize: number, waitedMs: number): SmtpReply {
+    // the client hung up while it waited: nobody reads this reply, and no message was refused
+    if (why === 'cancelled') return replies.insufficientMemory('the connection closed while waiting');
     const reply =
       why === 'larger-than-budget'
         ? replies.insufficientMemory(`a message of ${declaredSize} bytes needs more than the whole memory budget`)
         : replies.insufficientMemory(`no room within ${this.waitMs} ms`);
-    if (why !== 'cancelled') this.opts.metrics.outcome('rejected_memory');
+    this.opts.metrics.outcome('rejected_memory');
     this.opts.log.warn(
       { client: session.remoteAddress, size: declaredSize, reason: why, waitedMs: Math.round(waitedMs), reserved: this.opts.budget.reserved, budget: this.opts.budget.limit },
       `MAIL FROM with SIZE=${declaredSize} did not fit into SMIME_RELAY_MEMORY_BUDGET; answered 452 4.3.1`,
