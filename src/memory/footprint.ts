@@ -12,8 +12,8 @@
  * of bare LFs, can still exceed this; the exact check after prepare catches those.
  */
 const OUTGOING_PER_BYTE = 1.4;
-/** The multipart/signed head and the room kept for the signature part (64 KiB). */
-const OUTGOING_FIXED = 128 * 1024;
+/** The multipart/signed head and the room kept for the signature part (16 KiB), with margin. */
+const OUTGOING_FIXED = 64 * 1024;
 
 /**
  * Bytes to reserve for a message of `size` bytes: the received copy, and with signing on the

@@ -10,10 +10,10 @@ const BOUNDARY_PREFIX = '----smime-relay-';
 const BOUNDARY_LENGTH = BOUNDARY_PREFIX.length + 24;
 /**
  * Room kept after the entity for the signature part: the detached SignedData carries the signer
- * and its chain, a few KiB each. Pages of it that are not written are never resident; a larger
- * signature still works, at the cost of one more copy of the message.
+ * and its chain, about 2 KiB each in base64, so 16 KiB holds a signer with a chain of several
+ * intermediates. A larger signature still works, at the cost of one more copy of the message.
  */
-const SIGNATURE_ROOM = 64 * 1024;
+const SIGNATURE_ROOM = 16 * 1024;
 
 function base64Lines(der: Buffer): string {
   const b64 = der.toString('base64');
