@@ -1,8 +1,8 @@
 /**
  * `npm run bench [-- --quick]`: unsigned pass-through, the openssl engine and the native engine,
  * side by side in one run on this machine, each relay a child process (`node dist/cli.js serve`)
- * so its CPU and memory are its own. Prints every target of issue 7 with pass/fail and writes
- * bench/results/latest.md. Loopback only; bounded in time (about 4 minutes, --quick about 1.5).
+ * so its CPU and memory are its own. Prints every target of issues 7 and 10 with pass/fail and writes
+ * bench/results/latest.md. Loopback only; bounded in time (4–6 minutes, --quick about 1.5 less).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -28,7 +28,7 @@ and twelve concurrent 24 MiB messages of 8-bit text while small messages keep be
 Relays run as child processes (node dist/cli.js serve, rebuilt first with tsc -p src);
 the sink is Postfix smtp-sink when installed; smtp-source cross-checks throughput.
 
-  --quick      shorter windows (about 1.5 minutes instead of about 4)
+  --quick      shorter throughput windows (about 1.5 minutes less)
   --no-build   use dist/ as it is
   --out FILE   where to write the Markdown results (default bench/results/latest.md)
   -h, --help   show this help

@@ -49,6 +49,11 @@ export class MemoryAdmission {
     this.drop(session);
     if (declaredSize === undefined) return undefined;
     const bytes = messageFootprint(declaredSize, this.opts.signing);
+    const now = this.opts.budget.tryReserve(bytes);
+    if (now) {
+      this.pending.set(session.id, now);
+      return undefined;
+    }
     const wait = new AbortController();
     this.waits.set(session.id, wait);
     const started = performance.now();
