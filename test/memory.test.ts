@@ -1,6 +1,8 @@
 import { simpleParser } from 'mailparser';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { messageFootprint } from '../src/memory/footprint.js';
+import { draftSize } from '../src/mime/multipart-signed.js';
+import { prepareMessage } from '../src/mime/prepare.js';
 import { splitSigned, verifyOpenssl } from './support/verify.js';
 import { RawClient, dataPayload, sendMessage, type Reply } from './support/client.js';
 import { createTestPki, type Leaf, type TestPki } from './support/pki.js';
@@ -143,6 +145,32 @@ describe('SMIME_RELAY_MEMORY_BUDGET: a message that does not fit waits, or gets 
     await new Promise((r) => setTimeout(r, 200));
     expect(sink.received.length).toBe(before + 1);
     await until('released', async () => (await metric(relay, 'smime_relay_memory_reserved_bytes')) === 0);
+  });
+
+  it('a message whose signed copy needs more than was estimated gets 452 4.3.1 if the room is gone, and is not forwarded', async () => {
+    // German with many umlauts stays quoted-printable, which makes it nearly twice its size: more
+    // than the estimate reserved while it arrived (base64's 1.4 x)
+    const line = 'Ärger über Öl: Füße, Bäume, Größe, Mühe.\r\n';
+    const raw = Buffer.concat([
+      Buffer.from(`From: <${SENDER}>\r\nTo: <ops@example.org>\r\nSubject: umlauts\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n`),
+      Buffer.from(line.repeat(Math.ceil(200_000 / line.length)), 'utf8'),
+    ]);
+    const prepared = prepareMessage(raw);
+    const estimate = messageFootprint(raw.length, true);
+    const exact = raw.length + prepared.entity.held + draftSize(prepared);
+    expect(exact).toBeGreaterThan(estimate + 16 * KiB);
+    // another client holds just enough that the estimate fits and the exact size does not
+    let declared = 0;
+    while (messageFootprint(declared + 1000, true) <= BUDGET - (estimate + exact) / 2) declared += 1000;
+    const before = sink.received.length;
+    const other = await holdRoom(relay, declared);
+    clients.push(other);
+    const r = await sendMessage(relay.address.port, SENDER, ['ops@example.org'], raw);
+    expect(r.final?.code, r.final?.text).toBe(452);
+    expect(r.final?.text).toMatch(/^4\.3\.1 Mail system full: .*no room to sign this message now/);
+    other.close();
+    await until('released', async () => (await metric(relay, 'smime_relay_memory_reserved_bytes')) === 0);
+    expect(sink.received.length).toBe(before);
   });
 
   it('a client that hangs up, holding room or waiting for it, leaves nothing reserved', async () => {
