@@ -10,6 +10,7 @@ import { Observability } from './metrics/observability.js';
 import { Pipeline } from './pipeline.js';
 import { checkOpensslVersion } from './signing/openssl-version.js';
 import { createEngine } from './signing/create.js';
+import type { SigningEngine } from './signing/engine.js';
 import { greetingDelay } from './smtp/greeting.js';
 import { createReceiver } from './smtp/server.js';
 import { SessionPolicy } from './smtp/sessions.js';
@@ -73,6 +74,8 @@ export interface RelayInternals {
   probeIntervalMs?: number;
   /** The openssl binary the openssl engine runs; fault tests point it at a script that crashes or hangs. */
   openssl?: string;
+  /** Fault injection around the signing engine: self-verification tests damage what it returns. */
+  wrapEngine?: (engine: SigningEngine) => SigningEngine;
 }
 
 export async function startRelay(config: Config, log: Logger, internals: RelayInternals = {}): Promise<RunningRelay> {
@@ -87,14 +90,15 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     log,
     onReloadFailure: () => observability.reloadFailure(),
   });
-  const engine = createEngine(config, internals.openssl);
+  const created = createEngine(config, internals.openssl);
+  const engine = internals.wrapEngine ? internals.wrapEngine(created) : created;
   const upstream = createUpstream(config, log, dkimSigningFrom(config));
   const pipeline = new Pipeline({
     certs,
     engine,
     upstream,
     log,
-    options: { lmtp: config.lmtp, signing: config.signing, headerProtection: config.headerProtection, onMissingCert: config.onMissingCert, stripDkim: config.stripDkim },
+    options: { lmtp: config.lmtp, signing: config.signing, headerProtection: config.headerProtection, onMissingCert: config.onMissingCert, stripDkim: config.stripDkim, selfVerify: config.selfVerify },
     metrics: observability.metrics,
   });
   const sessions = new SessionPolicy({

@@ -103,6 +103,7 @@ export type UpstreamTarget = z.output<typeof upstreamUrl>;
 
 const text = z.string().transform((s) => s.trim());
 
+
 const cidrList = z.string().transform((s, ctx) => {
   const entries = s.split(',').map((e) => e.trim()).filter(Boolean);
   if (!entries.length) {
@@ -286,6 +287,14 @@ export const settings = {
     default: 'native',
     doc: 'native: sign in-process (Node crypto, CMS SignedData with the same signed attributes as openssl; passes the three-verifier interop suite). openssl: run `openssl cms -sign` per message (the reference; also the way to use keys held by OpenSSL providers such as PKCS#11 tokens).',
     parse: oneOf(['native', 'openssl'] as const),
+  },
+  selfVerify: {
+    key: 'selfVerify',
+    env: 'SMIME_RELAY_SELF_VERIFY',
+    flag: '--self-verify',
+    default: 'on',
+    doc: 'on: before forwarding, read the exact outgoing bytes back as a recipient would (split, digest, signature with the signing certificate); a message that does not verify is not forwarded and the client gets 451 4.7.0. off: skip the check.',
+    parse: oneOf(['on', 'off'] as const),
   },
   signTimeoutMs: {
     key: 'signTimeoutMs',
