@@ -4,6 +4,7 @@ import { hashPasswordCommand } from './access/hash-password.js';
 import { startRelay } from './app.js';
 import { checkCert } from './certs/check-cert.js';
 import { signCommand } from './commands/sign.js';
+import { diagnoseCommand } from './commands/diagnose.js';
 import { DEV_MAILBOX } from './certs/dev.js';
 import { ConfigError, loadConfig } from './config/load.js';
 import { isSwitch, settingList } from './config/settings.js';
@@ -30,6 +31,7 @@ Commands:
   check-cert   validate a certificate bundle, PKCS#12 file or directory before deploying it
   hash-password  read a password and print its scrypt hash for the users file (SMIME_RELAY_USERS)
   sign         sign one message file offline, exactly as the relay would (--cert, --in, --out)
+  diagnose     check a signed message as it arrived; name the part and the change that broke it
 
 Run 'smime-relay <command> --help' for the options of a command.
 `,
@@ -176,6 +178,7 @@ const commands: Record<string, (argv: string[]) => Promise<number>> = {
   config: configCommand,
   'hash-password': hashPasswordCommand,
   sign: (argv) => signCommand(argv),
+  diagnose: (argv) => diagnoseCommand(argv),
   'check-cert': (argv) => checkCert(argv, (line) => process.stdout.write(line.endsWith('\n') ? line : line + '\n')),
 };
 
