@@ -1,5 +1,4 @@
 import { parseContentType, fieldValue, type HeaderField } from '../mime/header.js';
-import { F_8BIT, F_NUL, scan } from '../mime/scan.js';
 import { decodeBase64, decodeQuotedPrintable, encodeBase64, encodeQuotedPrintable } from '../mime/transfer-encoding.js';
 import { nodesOf, serialize, type Edits, type MimeNode, type MultipartBody } from './tree.js';
 
@@ -161,6 +160,12 @@ function* perLeaf(root: MimeNode, leaves: MimeNode[], undos: (n: MimeNode) => Le
 
 const isText = (n: MimeNode) => n.type.startsWith('text/');
 
+/** Any byte outside 7-bit ASCII, or NUL (scan() stops at the first unsafe line, so it cannot say). */
+function has8bitBytes(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i]! >= 0x80 || b[i] === 0) return true;
+  return false;
+}
+
 /** The header with Content-Transfer-Encoding set to `cte` (null: removed), spelled as found and as the relay writes it. */
 function headersWithCte(node: MimeNode, cte: string | null): Buffer[] {
   const at = node.fields.findIndex((f) => f.name === 'content-transfer-encoding');
@@ -197,8 +202,7 @@ function encodingUndos(node: MimeNode): LeafUndo[] {
   const now = node.cte;
   if (now === '' || now === '7bit' || now === '8bit' || now === 'binary') {
     // decoded in transit: put the encoding back
-    const flags = scan(body);
-    const to = flags & (F_8BIT | F_NUL) ? '8bit' : '7bit';
+    const to = has8bitBytes(body) ? '8bit' : '7bit';
     if (isText(node)) add('decoded', `quoted-printable decoded to ${to}`, 'quoted-printable', encodeQuotedPrintable(body));
     add('decoded', `base64 decoded to ${to}`, 'base64', encodeBase64(body));
     if (!isText(node)) add('decoded', `base64 decoded to ${to}`, 'base64', Buffer.concat([encodeBase64(body), CRLF]));
@@ -208,7 +212,7 @@ function encodingUndos(node: MimeNode): LeafUndo[] {
   if (now === 'quoted-printable') decoded = decodeQuotedPrintable(body);
   else if (now === 'base64') decoded = decodeBase64(body);
   else return out;
-  const plain = !(scan(decoded) & (F_8BIT | F_NUL));
+  const plain = !has8bitBytes(decoded);
   // re-encoded in the same encoding (quoted-printable with other line breaks or escapes)
   if (now === 'quoted-printable') {
     const again = encodeQuotedPrintable(decoded);
