@@ -154,7 +154,7 @@ export class Pipeline {
   }
 
   /** A signed message that does not verify is never forwarded: 451 4.7.0, and the client retries. */
-  selfVerify(message: Buffer, signer: CertificateBundle, log: Logger): void {
+  private selfVerify(message: Buffer, signer: CertificateBundle, log: Logger): void {
     const failure = selfVerificationFailure(message, signer.leaf);
     if (failure === undefined) return;
     log.error({ reason: failure, engine: this.deps.engine.name, serial: signer.serial }, `self-verification failed, message not forwarded: ${failure}`);

@@ -116,7 +116,14 @@ function judge(parts: SignedMessageParts, notes: string[], opts: DiagnoseOptions
   if (result.failure === 'signer-missing' || result.failure === 'unsupported') return unreadable(`the signature cannot be checked: ${result.reason}`, notes);
   if (result.failure !== 'digest-mismatch') return broken(result.reason, notes, { signer, trust });
 
+  if (!view.messageDigest) {
+    // RFC 5652 §5.4: without signed attributes only the key can check a candidate; not searched
+    return broken('the signed part or the signature changed after signing (the signature has no signed attributes, so the change is not searched for)', notes, { signer, trust });
+  }
   const found = findChange(parts, view, opts.searchBytes ?? 512 * 2 ** 20);
+  if (found === 'budget') {
+    return broken('the signed part changed after signing; the search for a transport change stopped at its limit before finding one (the message is large)', notes, { signer, trust });
+  }
   if (found) {
     return broken(`the signed part was changed in transit: ${found.description}`, notes, { signer, trust, change: found });
   }
@@ -124,7 +131,7 @@ function judge(parts: SignedMessageParts, notes: string[], opts: DiagnoseOptions
 }
 
 /** Undoes the usual transport changes one by one (then after fixing line endings) until the digest matches. */
-function findChange(parts: SignedMessageParts, view: SignerView, budget: number): NonNullable<Diagnosis['change']> | undefined {
+function findChange(parts: SignedMessageParts, view: SignerView, budget: number): NonNullable<Diagnosis['change']> | 'budget' | undefined {
   let spent = 0;
   const rounds: { content: Buffer; prefix?: { kind: DamageKind; description: string } }[] = [{ content: parts.content }];
   const crlf = toCrlf(parts.content);
@@ -133,8 +140,8 @@ function findChange(parts: SignedMessageParts, view: SignerView, budget: number)
     const tree = readTree(round.content);
     for (const repair of repairsOf(tree)) {
       spent += repair.bytes.length;
-      if (spent > budget) return undefined;
-      if (!digestOf(view, repair.bytes).equals(view.messageDigest ?? Buffer.alloc(0))) continue;
+      if (spent > budget) return 'budget';
+      if (!digestOf(view, repair.bytes).equals(view.messageDigest!)) continue;
       const labels = repair.nodes.map(label);
       const where = labels.length ? ` in ${labels.map((l) => l.text).join(', ')}` : '';
       const description = round.prefix && repair.kind !== 'line-endings' ? `${round.prefix.description}, and ${repair.change}` : repair.change;
