@@ -15,12 +15,15 @@ import { largeMessage, smallMessage } from './messages.js';
 import { cpu, memory, runTimed, sampleTreeRss, SMTP_SOURCE, startRelay, startSink, type CpuSample, type Service } from './processes.js';
 import { dataPayload, measureGreetings, runLoad, sendConcurrently, type Envelope, type LoadResult } from './smtp-client.js';
 import { renderReport, evaluateTargets, type ConfigResult, type LargeResult, type Measured, type RunInfo } from './report.js';
+import { measureSelfVerifyCost, type SelfVerifyCost } from './self-verify.js';
 
 const HELP = `Usage: npm run bench [-- --quick] [-- --out FILE]
 
 Measures unsigned pass-through, the openssl engine and the native engine side by side:
 2 KB messages over 20 reused connections, one new connection per message (20 sessions),
-connect→220 times, and peak RSS with one and with ten concurrent 25 MB messages.
+connect→220 times, and peak RSS with one and with ten concurrent 25 MB messages. Then the
+cost of self-verification: the native engine with SMIME_RELAY_SELF_VERIFY on and off, in
+alternating rounds, and the check timed in-process against signing.
 Relays run as child processes (node dist/cli.js serve, rebuilt first with tsc -p src);
 the sink is Postfix smtp-sink when installed; smtp-source cross-checks throughput.
 
@@ -165,6 +168,7 @@ async function main(): Promise<void> {
   info.sink = sink.kind;
   info.loadGenerator = `own Node client (bench/smtp-client.ts)${existsSync(SMTP_SOURCE) ? ' + Postfix smtp-source as cross-check' : ''}`;
   const results: ConfigResult[] = [];
+  let selfVerify: SelfVerifyCost | undefined;
   let failed = true;
   try {
     const leaf = await pki.issueLeaf('bench', { emails: [FROM] });
@@ -208,6 +212,21 @@ async function main(): Promise<void> {
       log(`  25 MB: 1 → peak RSS ${(result.large1.peakHwm / 2 ** 20).toFixed(0)} MiB; ${P.largeConcurrent} concurrent → ${(result.large10.peakHwm / 2 ** 20).toFixed(0)} MiB (${since(t)})`);
       results.push(result);
     }
+
+    log('self-verification cost (native engine, SMIME_RELAY_SELF_VERIFY on vs off, alternating rounds):');
+    let seq = 0;
+    selfVerify = await measureSelfVerifyCost({
+      start: (sv) => startRelay({ cli: join(root, 'dist/cli.js'), env: { ...common, SMIME_RELAY_ENGINE: 'native', SMIME_RELAY_SELF_VERIFY: sv }, logPath: join(work, `self-verify-${sv}-${++seq}.log`) }),
+      bundlePath: leaf.bundlePath,
+      raw: smallMessage(FROM, TO, P.smallSize),
+      payload: small,
+      envelope,
+      sessions: P.sessions,
+      warmupMs: P.warmupMs,
+      measureMs: quick ? 2000 : 4000,
+      rounds: quick ? 3 : 5,
+      log,
+    });
     failed = false;
   } finally {
     await sink.stop();
@@ -215,10 +234,10 @@ async function main(): Promise<void> {
     if (failed) log(`relay logs kept in ${work}`);
   }
 
-  const targets = evaluateTargets(results, P.largeSize);
+  const targets = evaluateTargets(results, P.largeSize, selfVerify);
   info.elapsedSeconds = (performance.now() - t0) / 1000;
   info.machine.loadAfter = loadavg()[0]!;
-  const md = renderReport(info, results, targets);
+  const md = renderReport(info, results, targets, selfVerify);
   log('');
   for (const t of targets) log(`${t.pass === undefined ? ' n/a' : t.pass ? 'PASS' : 'FAIL'}  ${t.figure}: ${t.measured} (target ${t.target})`);
   mkdirSync(join(flags.out, '..'), { recursive: true });

@@ -6,10 +6,13 @@ import { openCertificateStore, type CertificateStore } from './certs/store.js';
 import type { Config } from './config/settings.js';
 import { ConfigError } from './config/load.js';
 import { dkimSigningFrom, withDkimSigning, type DkimSigning } from './dkim/signing.js';
+import { Canary } from './canary/canary.js';
+import { createCanary } from './canary/setup.js';
 import { Observability } from './metrics/observability.js';
 import { Pipeline } from './pipeline.js';
 import { checkOpensslVersion } from './signing/openssl-version.js';
 import { createEngine } from './signing/create.js';
+import type { SigningEngine } from './signing/engine.js';
 import { greetingDelay } from './smtp/greeting.js';
 import { createReceiver } from './smtp/server.js';
 import { SessionPolicy } from './smtp/sessions.js';
@@ -73,6 +76,48 @@ export interface RelayInternals {
   probeIntervalMs?: number;
   /** The openssl binary the openssl engine runs; fault tests point it at a script that crashes or hangs. */
   openssl?: string;
+  /** Fault injection around the signing engine: self-verification tests damage what it returns. */
+  wrapEngine?: (engine: SigningEngine) => SigningEngine;
+}
+
+/** The signing path without a listener: what `serve` and `smime-relay canary --once` share. */
+export interface SigningPath {
+  readonly certs: CertificateStore;
+  readonly engine: SigningEngine;
+  readonly upstream: Upstream;
+  readonly pipeline: Pipeline;
+  close(): Promise<void>;
+}
+
+export function openSigningPath(config: Config, log: Logger, observability: Observability, internals: RelayInternals = {}): SigningPath {
+  const certs = openCertificateStore({
+    path: resolveCertificatePath(config, log),
+    passwordFile: config.certPasswordFile,
+    log,
+    onReloadFailure: () => observability.reloadFailure(),
+  });
+  const created = createEngine(config, internals.openssl);
+  const engine = internals.wrapEngine ? internals.wrapEngine(created) : created;
+  const upstream = createUpstream(config, log, dkimSigningFrom(config));
+  const pipeline = new Pipeline({
+    certs,
+    engine,
+    upstream,
+    log,
+    options: { lmtp: config.lmtp, signing: config.signing, headerProtection: config.headerProtection, onMissingCert: config.onMissingCert, stripDkim: config.stripDkim, selfVerify: config.selfVerify },
+    metrics: observability.metrics,
+  });
+  return {
+    certs,
+    engine,
+    upstream,
+    pipeline,
+    async close() {
+      await upstream.close();
+      await engine.close();
+      certs.close();
+    },
+  };
 }
 
 export async function startRelay(config: Config, log: Logger, internals: RelayInternals = {}): Promise<RunningRelay> {
@@ -80,23 +125,16 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
   const access = await openAccess(config, log);
   // Before anything is opened: a missing or pre-3.0 openssl is a start-up error, not 451 on every message.
   if (config.engine === 'openssl') log.debug({ openssl: checkOpensslVersion(internals.openssl) }, 'openssl found');
-  const observability = new Observability(config.metrics);
-  const certs = openCertificateStore({
-    path: resolveCertificatePath(config, log),
-    passwordFile: config.certPasswordFile,
-    log,
-    onReloadFailure: () => observability.reloadFailure(),
-  });
-  const engine = createEngine(config, internals.openssl);
-  const upstream = createUpstream(config, log, dkimSigningFrom(config));
-  const pipeline = new Pipeline({
-    certs,
-    engine,
-    upstream,
-    log,
-    options: { lmtp: config.lmtp, signing: config.signing, headerProtection: config.headerProtection, onMissingCert: config.onMissingCert, stripDkim: config.stripDkim },
-    metrics: observability.metrics,
-  });
+  const observability = new Observability(config.metrics, { canary: config.canaryTo !== undefined });
+  const path = openSigningPath(config, log, observability, internals);
+  const { certs, engine, upstream, pipeline } = path;
+  let canary: Canary | undefined;
+  try {
+    canary = createCanary(config, { pipeline, certs, log, reporter: observability });
+  } catch (e) {
+    await path.close();
+    throw e;
+  }
   const sessions = new SessionPolicy({
     maxClients: config.maxClients,
     maxClientsPerIp: config.maxClientsPerIp,
@@ -141,6 +179,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     await new Promise<void>((resolve) => server.close(() => resolve()));
     throw e;
   }
+  canary?.start();
   return {
     address: { host: bound.address, port: bound.port },
     metricsAddress: observability.address,
@@ -151,13 +190,12 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
       access.reload(server);
     },
     async close() {
+      await canary?.close();
       // Finish what is in progress (bounded by SMIME_RELAY_SHUTDOWN_TIMEOUT_MS), then the pool.
       await sessions.drain();
       // Last, so /readyz answers 503 while transactions drain.
       await observability.close();
-      await upstream.close();
-      await engine.close();
-      certs.close();
+      await path.close();
     },
   };
 }

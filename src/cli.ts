@@ -4,6 +4,8 @@ import { hashPasswordCommand } from './access/hash-password.js';
 import { startRelay } from './app.js';
 import { checkCert } from './certs/check-cert.js';
 import { signCommand } from './commands/sign.js';
+import { diagnoseCommand } from './commands/diagnose.js';
+import { CANARY_HELP, canaryOnce } from './commands/canary.js';
 import { DEV_MAILBOX } from './certs/dev.js';
 import { ConfigError, loadConfig } from './config/load.js';
 import { isSwitch, settingList } from './config/settings.js';
@@ -30,6 +32,8 @@ Commands:
   check-cert   validate a certificate bundle, PKCS#12 file or directory before deploying it
   hash-password  read a password and print its scrypt hash for the users file (SMIME_RELAY_USERS)
   sign         sign one message file offline, exactly as the relay would (--cert, --in, --out)
+  diagnose     check a signed message as it arrived; name the part and the change that broke it
+  canary       send one signed canary through the real mail path and diagnose it (--once)
 
 Run 'smime-relay <command> --help' for the options of a command.
 `,
@@ -119,7 +123,7 @@ function displayValue(key: string, value: unknown): string {
     const v = value as { host: string; port: number };
     return v.host.includes(':') ? `[${v.host}]:${v.port}` : `${v.host}:${v.port}`;
   }
-  if (key === 'upstream') return (value as { display: string }).display;
+  if (key === 'upstream' || key === 'canaryImap') return (value as { display: string }).display;
   return String(value);
 }
 
@@ -171,11 +175,25 @@ async function serve(argv: string[]): Promise<number> {
   return 0;
 }
 
+async function canary(argv: string[]): Promise<number> {
+  const parsed = configFromArgs(argv, { once: { type: 'boolean' } });
+  if (parsed.help || !parsed.values.once) {
+    process.stdout.write(CANARY_HELP);
+    return parsed.help ? 0 : 2;
+  }
+  const log = createLogger(parsed.config.logLevel, parsed.config.logFormat === 'pretty' ? await prettyDestination() : undefined);
+  const code = await canaryOnce(parsed.config, log, (s) => process.stdout.write(s));
+  log.flush();
+  return code;
+}
+
 const commands: Record<string, (argv: string[]) => Promise<number>> = {
   serve,
   config: configCommand,
   'hash-password': hashPasswordCommand,
   sign: (argv) => signCommand(argv),
+  diagnose: (argv) => diagnoseCommand(argv),
+  canary,
   'check-cert': (argv) => checkCert(argv, (line) => process.stdout.write(line.endsWith('\n') ? line : line + '\n')),
 };
 

@@ -11,6 +11,7 @@ import { buildSignedMessage } from './mime/multipart-signed.js';
 import { MimeError, prepareMessage } from './mime/prepare.js';
 import { SigningError, type SigningEngine } from './signing/engine.js';
 import { outcomeOf } from './metrics/outcome.js';
+import { selfVerificationFailure } from './verify/self-verify.js';
 import { noMetrics, type RelayMetrics } from './metrics/relay-metrics.js';
 import { StageTimer } from './metrics/stage-timer.js';
 import { RelayError, replies, type SmtpReply } from './replies.js';
@@ -37,6 +38,8 @@ export interface PipelineOptions {
   stripDkim?: boolean;
   /** SMIME_RELAY_LMTP: refused recipients get their own reply instead of a DSN. */
   lmtp?: boolean;
+  /** SMIME_RELAY_SELF_VERIFY: verify the outgoing bytes before forwarding them (default on). */
+  selfVerify?: 'on' | 'off';
 }
 
 /** The reply to a message; over LMTP also one reply per recipient, in RCPT order. */
@@ -60,7 +63,7 @@ type AcceptedOutcome = Parameters<typeof outcomeOf>[1];
 export const newTransactionId = (): string => randomBytes(6).toString('base64url');
 
 /**
- * The relay, top to bottom: receive → admit → prepare → sign → forward.
+ * The relay, top to bottom: receive → admit → prepare → sign → self-verify → forward.
  * Receiving is src/smtp/server.ts; it calls admitSender() at MAIL FROM and process() after DATA.
  * Every failure is a RelayError whose reply goes to the client unchanged; 250 is only ever
  * answered after the upstream accepted.
@@ -103,7 +106,10 @@ export class Pipeline {
       fields.from = from;
 
       // prepare + sign (or pass through, where the configuration or the message says so)
-      const { message: outgoing, accepted } = await this.sign(tx.raw, from, fields, timer, log);
+      const { message: outgoing, accepted, signer } = await this.sign(tx.raw, from, fields, timer, log);
+
+      // self-verify: the exact bytes about to leave, read back as a recipient would
+      if (signer && options.selfVerify !== 'off') await timer.time('self_verify', () => this.selfVerify(outgoing, signer, log));
 
       // forward
       const delivery = await timer.time('upstream', () => upstream.deliver(tx.envelope, outgoing));
@@ -128,7 +134,7 @@ export class Pipeline {
    */
   private async sign(
     raw: Buffer, from: Mailbox, fields: Record<string, unknown>, timer: StageTimer, log: Logger,
-  ): Promise<{ message: Buffer; accepted: AcceptedOutcome }> {
+  ): Promise<{ message: Buffer; accepted: AcceptedOutcome; signer?: CertificateBundle }> {
     const { engine, options } = this.deps;
     if (options.signing === 'off') return { message: raw, accepted: 'passed_unsigned' };
     const protectedAs = alreadyProtected(raw);
@@ -144,7 +150,15 @@ export class Pipeline {
     const prepared = await timer.time('prepare', () => prepare(this.handleIncomingDkim(raw, log), options));
     log.info({ from }, `Signing email notification from ${from}`);
     const message = await timer.time('sign', async () => buildSignedMessage(prepared, await engine.sign(prepared.entity, bundle)));
-    return { message, accepted: 'signed' };
+    return { message, accepted: 'signed', signer: bundle };
+  }
+
+  /** A signed message that does not verify is never forwarded: 451 4.7.0, and the client retries. */
+  private selfVerify(message: Buffer, signer: CertificateBundle, log: Logger): void {
+    const failure = selfVerificationFailure(message, signer.leaf);
+    if (failure === undefined) return;
+    log.error({ reason: failure, engine: this.deps.engine.name, serial: signer.serial }, `self-verification failed, message not forwarded: ${failure}`);
+    throw new RelayError(replies.selfVerifyFailed(failure));
   }
 
   private fieldsOf(tx: Omit<Transaction, 'raw'>): Record<string, unknown> {

@@ -97,6 +97,13 @@ export const replies = {
     text: `Signing failed temporarily (${reason}); try again later`,
     outcome: 'sign_error',
   }),
+  /** SMIME_RELAY_SELF_VERIFY: the signed bytes did not verify, so they were not forwarded; the client retries. */
+  selfVerifyFailed: (reason: string): SmtpReply => ({
+    code: 451,
+    status: '4.7.0',
+    text: `Signature self-check failed (${reason}); the message was not forwarded, try again later`,
+    outcome: 'self_verify_failed',
+  }),
   upstreamTempFail: (detail: string): SmtpReply => ({
     code: 451,
     status: '4.4.1',

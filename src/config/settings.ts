@@ -103,6 +103,54 @@ export type UpstreamTarget = z.output<typeof upstreamUrl>;
 
 const text = z.string().transform((s) => s.trim());
 
+/** A duration as people write it: 90s, 30m, 1h, 1h30m, 2d; in milliseconds. */
+const duration = z.string().transform((s, ctx) => {
+  const v = s.trim().toLowerCase();
+  const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+  let total = 0;
+  const rest = v.replace(/(\d+)(ms|s|m|h|d)/g, (_, n: string, unit: string) => {
+    total += Number(n) * units[unit]!;
+    return '';
+  });
+  if (!v || rest !== '' || total <= 0) {
+    ctx.addIssue({ code: 'custom', message: `expected a duration such as 90s, 30m or 1h, got '${s}'` });
+    return z.NEVER;
+  }
+  return total;
+});
+
+/** imaps://user:pass@host[:993]/MAILBOX, or imap://… where STARTTLS is then required. */
+const imapUrl = z.string().transform((s, ctx) => {
+  let url: URL;
+  try {
+    url = new URL(s.trim());
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `expected imaps://user:pass@host:993/INBOX, got '${s}'` });
+    return z.NEVER;
+  }
+  if (url.protocol !== 'imaps:' && url.protocol !== 'imap:') {
+    ctx.addIssue({ code: 'custom', message: `scheme must be imaps: or imap: (STARTTLS required), got '${url.protocol}'` });
+    return z.NEVER;
+  }
+  if (!url.username || !url.password) {
+    ctx.addIssue({ code: 'custom', message: 'the IMAP URL needs user:pass@ (percent-encode special characters)' });
+    return z.NEVER;
+  }
+  const secure = url.protocol === 'imaps:';
+  const masked = new URL(url.href);
+  masked.password = '****';
+  return {
+    secure,
+    host: url.hostname.replace(/^\[|\]$/g, ''),
+    port: url.port ? Number(url.port) : secure ? 993 : 143,
+    user: decodeURIComponent(url.username),
+    pass: decodeURIComponent(url.password),
+    mailbox: decodeURIComponent(url.pathname.replace(/^\//, '')) || 'INBOX',
+    display: masked.href,
+  };
+});
+export type ImapTarget = z.output<typeof imapUrl>;
+
 const cidrList = z.string().transform((s, ctx) => {
   const entries = s.split(',').map((e) => e.trim()).filter(Boolean);
   if (!entries.length) {
@@ -287,6 +335,14 @@ export const settings = {
     doc: 'native: sign in-process (Node crypto, CMS SignedData with the same signed attributes as openssl; passes the three-verifier interop suite). openssl: run `openssl cms -sign` per message (the reference; also the way to use keys held by OpenSSL providers such as PKCS#11 tokens).',
     parse: oneOf(['native', 'openssl'] as const),
   },
+  selfVerify: {
+    key: 'selfVerify',
+    env: 'SMIME_RELAY_SELF_VERIFY',
+    flag: '--self-verify',
+    default: 'on',
+    doc: 'on: before forwarding, read the exact outgoing bytes back as a recipient would (split, digest, signature with the signing certificate); a message that does not verify is not forwarded and the client gets 451 4.7.0. off: skip the check.',
+    parse: oneOf(['on', 'off'] as const),
+  },
   signTimeoutMs: {
     key: 'signTimeoutMs',
     env: 'SMIME_RELAY_SIGN_TIMEOUT_MS',
@@ -394,6 +450,42 @@ export const settings = {
     defaultText: 'off',
     doc: 'host:port for an HTTP listener serving /metrics (Prometheus), /healthz (liveness) and /readyz (a valid certificate is loaded and the upstream answered its last probe). Keep it on a management address.',
     parse: hostPort,
+  },
+  canaryTo: {
+    key: 'canaryTo',
+    env: 'SMIME_RELAY_CANARY_TO',
+    flag: '--canary-to',
+    default: undefined,
+    defaultText: '(unset: no canary)',
+    doc: 'A mailbox the canary is sent to: every SMIME_RELAY_CANARY_INTERVAL the relay signs a test message through its own pipeline and upstream, reads it back over SMIME_RELAY_CANARY_IMAP, diagnoses it and deletes it. Set together with SMIME_RELAY_CANARY_IMAP.',
+    parse: z.string().trim().regex(/^[^@\s<>]+@[^@\s<>]+$/, 'expected a mailbox such as canary@example.org'),
+  },
+  canaryImap: {
+    key: 'canaryImap',
+    env: 'SMIME_RELAY_CANARY_IMAP',
+    flag: '--canary-imap',
+    default: undefined,
+    defaultText: '(unset)',
+    doc: 'How to read the canary mailbox: imaps://user:pass@host:993/INBOX, or imap://user:pass@host:143/INBOX with STARTTLS required. The server certificate is verified (a private CA: NODE_EXTRA_CA_CERTS).',
+    parse: imapUrl,
+    secret: true,
+  },
+  canaryFrom: {
+    key: 'canaryFrom',
+    env: 'SMIME_RELAY_CANARY_FROM',
+    flag: '--canary-from',
+    default: undefined,
+    defaultText: '(the first mailbox of the loaded certificates)',
+    doc: 'The covered mailbox the canary is signed as.',
+    parse: z.string().trim().toLowerCase().regex(/^[^@\s<>]+@[^@\s<>]+$/, 'expected a mailbox such as alerts@example.com'),
+  },
+  canaryInterval: {
+    key: 'canaryInterval',
+    env: 'SMIME_RELAY_CANARY_INTERVAL',
+    flag: '--canary-interval',
+    default: '1h',
+    doc: 'How often the canary runs (a duration such as 1h, 30m or 90s). A canary that has not arrived after this long, or after 10 minutes when that is shorter, counts as missing.',
+    parse: duration,
   },
   proxyProtocol: {
     key: 'proxyProtocol',

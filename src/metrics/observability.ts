@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import type { CanaryResult } from '../canary/canary.js';
 import type { CertificateStore } from '../certs/store.js';
 import type { Upstream } from '../upstream/upstream.js';
 import { startObservabilityServer, type ObservabilityServer } from './http.js';
@@ -29,15 +30,22 @@ export class Observability {
   private server: ObservabilityServer | undefined;
   private readiness: Readiness | undefined;
 
-  constructor(private readonly listen: { host: string; port: number } | undefined) {
+  constructor(
+    private readonly listen: { host: string; port: number } | undefined,
+    opts: { canary?: boolean } = {},
+  ) {
     this.prometheus = listen
       ? createPrometheusMetrics({
           certificates: () => this.deps?.certs.bundles() ?? [],
           connections: () => this.deps?.connections() ?? 0,
+          canary: opts.canary,
         })
       : undefined;
     this.metrics = this.prometheus ?? noMetrics;
   }
+
+  /** For the canary's results. */
+  readonly canary = (result: CanaryResult, at: Date): void => this.prometheus?.canary(result, at);
 
   /** For the certificate store's onReloadFailure. */
   readonly reloadFailure = (): void => this.prometheus?.reloadFailure();

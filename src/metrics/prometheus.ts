@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { CertificateBundle } from '../certs/bundle.js';
+import { CANARY_RESULTS, type CanaryReporter } from '../canary/canary.js';
 import { OUTCOMES, STAGES } from './outcome.js';
 import type { RelayMetrics } from './relay-metrics.js';
 
@@ -8,10 +9,12 @@ export interface PrometheusMetricsOptions {
   certificates: () => readonly CertificateBundle[];
   /** Open client connections, read at every scrape. */
   connections: () => number;
+  /** SMIME_RELAY_CANARY_TO is set: the canary metrics exist. */
+  canary?: boolean;
   now?: () => Date;
 }
 
-export interface PrometheusMetrics extends RelayMetrics {
+export interface PrometheusMetrics extends RelayMetrics, CanaryReporter {
   /** One registry per relay, so several relays in one process (tests) keep separate counts. */
   readonly registry: Registry;
   reloadFailure(): void;
@@ -83,8 +86,29 @@ export function createPrometheusMetrics(opts: PrometheusMetricsOptions): Prometh
     },
   });
 
+  let canary: CanaryReporter['canary'] = () => {};
+  if (opts.canary) {
+    const lastSuccess = new Gauge({
+      name: 'smime_relay_canary_last_success_timestamp_seconds',
+      help: 'When the canary last came back intact (Unix time); 0 until it first does, so an alert on its age fires.',
+      registers,
+    });
+    const result = new Gauge({
+      name: 'smime_relay_canary_result',
+      help: 'What the last canary found: 1 for its result (intact, altered, missing), 0 for the others.',
+      labelNames: ['result'] as const,
+      registers,
+    });
+    for (const r of CANARY_RESULTS) result.set({ result: r }, 0);
+    canary = (r, at) => {
+      for (const other of CANARY_RESULTS) result.set({ result: other }, other === r ? 1 : 0);
+      if (r === 'intact') lastSuccess.set(Math.floor(at.getTime() / 1000));
+    };
+  }
+
   return {
     registry,
+    canary: (r, at) => canary(r, at),
     outcome: (outcome) => messages.inc({ outcome }),
     stage: (stage, seconds) => stages.observe({ stage }, seconds),
     size: (bytes) => sizes.observe(bytes),
