@@ -8,6 +8,8 @@ export interface PrometheusMetricsOptions {
   certificates: () => readonly CertificateBundle[];
   /** Open client connections, read at every scrape. */
   connections: () => number;
+  /** Stress mode is on, read at every scrape. */
+  stress: () => boolean;
   now?: () => Date;
 }
 
@@ -80,6 +82,15 @@ export function createPrometheusMetrics(opts: PrometheusMetricsOptions): Prometh
     registers,
     collect() {
       this.set(opts.connections());
+    },
+  });
+
+  new Gauge({
+    name: 'smime_relay_stress',
+    help: 'Stress mode: 1 while more than 80% of SMIME_RELAY_MAX_CLIENTS are in use and idle or slow clients are disconnected, else 0.',
+    registers,
+    collect() {
+      this.set(opts.stress() ? 1 : 0);
     },
   });
 
