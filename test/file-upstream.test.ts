@@ -123,7 +123,9 @@ describe('a write that fails', () => {
       expect(result.final?.text).not.toContain(outbox);
       expect(await readdir(outbox)).toEqual([]);
       const tx = /\(tx ([\w-]+)\)$/.exec(result.final!.text)![1];
-      const line = logs.find((l) => l.msg === 'transaction' && l.tx === tx);
+      // The reply can arrive before the child's log line has come through its stderr pipe.
+      let line: Record<string, unknown> | undefined;
+      for (let i = 0; i < 100 && !(line = logs.find((l) => l.msg === 'transaction' && l.tx === tx)); i++) await new Promise((r) => setTimeout(r, 50));
       expect(line).toMatchObject({ outcome: 'upstream_tempfail' });
       expect(String(line!.error)).toContain(outbox);
       expect(String(line!.error)).toMatch(/EFBIG/);
