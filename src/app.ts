@@ -45,6 +45,7 @@ function createUpstream(config: Config, log: Logger, dkim: DkimSigning | undefin
     poolSize: config.upstreamPoolSize,
     log,
     rejectUnauthorized: config.upstreamTlsVerify,
+    insecureAuth: config.upstreamInsecureAuth,
   });
 }
 
@@ -149,7 +150,6 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     lmtp: config.lmtp,
     maxSize: config.maxSize,
     log,
-    proxyProtocol: config.proxyProtocol,
     greetingDelay: greetingDelay({ delayMs: config.greetingDelayMs, isTrusted: (a) => access.allowListed(a) }),
     access,
   });
@@ -173,6 +173,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
       log,
       live: () => server.server.listening,
       connections: () => server.connections.size,
+      stress: () => sessions.stressed,
       probeIntervalMs: internals.probeIntervalMs,
     });
   } catch (e) {

@@ -14,7 +14,7 @@ import { outcomeOf } from './metrics/outcome.js';
 import { selfVerificationFailure } from './verify/self-verify.js';
 import { noMetrics, type RelayMetrics } from './metrics/relay-metrics.js';
 import { StageTimer } from './metrics/stage-timer.js';
-import { RelayError, replies, type SmtpReply } from './replies.js';
+import { RelayError, replies, withTransactionId, type SmtpReply } from './replies.js';
 import { RefusedRecipients } from './upstream/refused-recipients.js';
 import type { Envelope, Upstream } from './upstream/upstream.js';
 
@@ -123,7 +123,10 @@ export class Pipeline {
       await this.refused.report(refused, delivery, log);
       return reply;
     } catch (e) {
-      return this.finish(tx, log, fields, asRelayError(e).reply, timer, started);
+      const refused = asRelayError(e);
+      // What the reply must not say (paths, the upstream's address) is in the log line.
+      if (refused.detail) fields.error = refused.detail;
+      return this.finish(tx, log, fields, refused.reply, timer, started);
     }
   }
 
@@ -185,7 +188,7 @@ export class Pipeline {
     const line = { ...fields, outcome, reply: `${reply.code} ${reply.status} ${reply.text}`, durations: timer.ms, ms: ms(started) };
     if (reply.code < 400) log.info(line, 'transaction');
     else log.warn(line, 'transaction');
-    return { ...reply, text: `${reply.text} (tx ${tx.id})` };
+    return withTransactionId(reply, tx.id);
   }
 
   /**
@@ -226,7 +229,7 @@ function prepare(raw: Buffer, options: PipelineOptions) {
   } catch (e) {
     // A MimeError with a cause is prepare's own fault, not the message's: retry rather than bounce.
     if (e instanceof MimeError) {
-      throw new RelayError(e.cause ? replies.internalError(e.message) : replies.malformedMessage(e.message));
+      throw e.cause ? new RelayError(replies.internalError(e.message), e.message) : new RelayError(replies.malformedMessage(e.message));
     }
     throw e;
   }
@@ -235,9 +238,9 @@ function prepare(raw: Buffer, options: PipelineOptions) {
 function asRelayError(e: unknown): RelayError {
   if (e instanceof RelayError) return e;
   const message = e instanceof Error ? e.message : String(e);
-  if (e instanceof SigningError) return new RelayError(replies.signingFailed(message));
+  if (e instanceof SigningError) return new RelayError(replies.signingFailed(message), message);
   // An unexpected bug must never turn into 250 or a permanent bounce: the client keeps the mail.
-  return new RelayError(replies.internalError(message));
+  return new RelayError(replies.internalError(message), message);
 }
 
 const ms = (since: number): number => Math.round((performance.now() - since) * 10) / 10;

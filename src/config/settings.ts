@@ -168,6 +168,37 @@ const cidrList = z.string().transform((s, ctx) => {
   return networks as readonly string[];
 });
 
+/**
+ * A list of networks, or one of `off` words for none at all (an empty variable falls back to the
+ * default, so "nobody" needs a word). `refuse` turns a value away with its own message.
+ */
+const networksOrNone = (off: readonly string[], refuse?: (value: string) => string | undefined) =>
+  z.string().transform((s, ctx) => {
+    const v = s.trim().toLowerCase();
+    if (off.includes(v)) return [] as readonly string[];
+    const refused = refuse?.(v);
+    if (refused) {
+      ctx.addIssue({ code: 'custom', message: refused });
+      return z.NEVER;
+    }
+    const parsed = cidrList.safeParse(s);
+    if (!parsed.success) {
+      for (const issue of parsed.error.issues) ctx.addIssue({ code: 'custom', message: issue.message });
+      return z.NEVER;
+    }
+    return parsed.data;
+  });
+
+/**
+ * SMIME_RELAY_PROXY_PROTOCOL: the load balancers' networks. It used to be a yes/no switch, and
+ * `true` trusted a PROXY header from anyone, so that form is refused with the new one shown.
+ */
+const proxyNetworks = networksOrNone(['false', 'no', 'off', '0', 'none'], (v) =>
+  ['true', 'yes', 'on', '1'].includes(v)
+    ? `'${v}' would trust a PROXY header from any client; list the networks of your load balancers instead, e.g. SMIME_RELAY_PROXY_PROTOCOL=10.0.0.5/32 (comma-separated CIDR)`
+    : undefined,
+);
+
 export const settings = {
   listen: {
     key: 'listen',
@@ -224,9 +255,17 @@ export const settings = {
     env: 'SMIME_RELAY_UPSTREAM',
     flag: '--upstream',
     default: 'file:outbox',
-    doc: 'Where signed mail goes: smtp://[user:pass@]host:port (STARTTLS when offered), smtps://host:port (implicit TLS), or file:DIR (one .eml per message).',
+    doc: 'Where signed mail goes: smtp://[user:pass@]host:port (STARTTLS when offered; with a user and password only after STARTTLS, see SMIME_RELAY_UPSTREAM_INSECURE_AUTH), smtps://[user:pass@]host:port (implicit TLS), or file:DIR (one .eml per message, CRLF line endings).',
     parse: upstreamUrl,
     secret: true,
+  },
+  upstreamInsecureAuth: {
+    key: 'upstreamInsecureAuth',
+    env: 'SMIME_RELAY_UPSTREAM_INSECURE_AUTH',
+    flag: '--upstream-insecure-auth',
+    default: 'false',
+    doc: 'With a user and password in an smtp:// upstream, the relay authenticates only after STARTTLS; an upstream that does not offer it gets no AUTH, and clients get 451 4.7.0. true sends the password without TLS too: only for an MTA on loopback.',
+    parse: bool,
   },
   cert: {
     key: 'cert',
@@ -276,7 +315,7 @@ export const settings = {
     env: 'SMIME_RELAY_MAX_CLIENTS',
     flag: '--max-clients',
     default: '200',
-    doc: 'Most simultaneous client connections; one more gets 421 and is closed.',
+    doc: 'Most simultaneous client connections; one more gets 421 4.3.2 and is closed. With more than 80% of them in use the relay is in stress mode: a client that sends less than 1 KiB/s over 10 s (nothing at all included) gets 421 4.4.2, so slow clients cannot hold every slot.',
     parse: positiveInt,
   },
   maxClientsPerIp: {
@@ -292,7 +331,7 @@ export const settings = {
     env: 'SMIME_RELAY_IDLE_TIMEOUT_MS',
     flag: '--idle-timeout-ms',
     default: '60000',
-    doc: 'Close a client connection that sends nothing for this long (421). Every byte restarts it; SMIME_RELAY_TRANSACTION_TIMEOUT_MS bounds slow senders.',
+    doc: 'Close a client connection that sends nothing for this long (421); 10 s in stress mode (see SMIME_RELAY_MAX_CLIENTS). Every byte restarts it; SMIME_RELAY_TRANSACTION_TIMEOUT_MS bounds slow senders.',
     parse: millis,
   },
   transactionTimeoutMs: {
@@ -491,9 +530,18 @@ export const settings = {
     key: 'proxyProtocol',
     env: 'SMIME_RELAY_PROXY_PROTOCOL',
     flag: '--proxy-protocol',
-    default: 'false',
-    doc: 'true: every connection must start with a PROXY protocol v1 header (HAProxy `send-proxy`), and the address in it is the client address. Only behind a load balancer that sends it.',
-    parse: bool,
+    default: undefined,
+    defaultText: 'off',
+    doc: 'Comma-separated networks (CIDR) of the load balancers that send a PROXY protocol v1 header (HAProxy `send-proxy`). Connections from them must start with it, and the address in it is the client for logs, SMIME_RELAY_ALLOW and the per-address limits; anyone else who sends one is disconnected (421 4.7.0). The old value true is refused.',
+    parse: proxyNetworks,
+  },
+  xforwardHosts: {
+    key: 'xforwardHosts',
+    env: 'SMIME_RELAY_XFORWARD_HOSTS',
+    flag: '--xforward-hosts',
+    default: '127.0.0.0/8,::1',
+    doc: 'Comma-separated networks (CIDR) that are offered XFORWARD (Postfix `smtp_send_xforward_command`) to name the original client in the log, like Postfix\'s smtpd_authorized_xforward_hosts; others get 550 5.7.0 if they send it. none: nobody.',
+    parse: networksOrNone(['none']),
   },
 } satisfies Record<string, Setting>;
 

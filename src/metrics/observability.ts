@@ -14,6 +14,8 @@ export interface ServeDeps {
   /** True while the SMTP listener accepts connections. */
   live: () => boolean;
   connections: () => number;
+  /** Stress mode is on (src/smtp/stress.ts). */
+  stress: () => boolean;
   /** Upstream probe interval; tests shorten it. */
   probeIntervalMs?: number;
 }
@@ -39,6 +41,7 @@ export class Observability {
           certificates: () => this.deps?.certs.bundles() ?? [],
           connections: () => this.deps?.connections() ?? 0,
           canary: opts.canary,
+          stress: () => this.deps?.stress() ?? false,
         })
       : undefined;
     this.metrics = this.prometheus ?? noMetrics;

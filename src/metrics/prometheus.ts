@@ -11,6 +11,8 @@ export interface PrometheusMetricsOptions {
   connections: () => number;
   /** SMIME_RELAY_CANARY_TO is set: the canary metrics exist. */
   canary?: boolean;
+  /** Stress mode is on, read at every scrape. */
+  stress: () => boolean;
   now?: () => Date;
 }
 
@@ -105,6 +107,14 @@ export function createPrometheusMetrics(opts: PrometheusMetricsOptions): Prometh
       if (r === 'intact') lastSuccess.set(Math.floor(at.getTime() / 1000));
     };
   }
+  new Gauge({
+    name: 'smime_relay_stress',
+    help: 'Stress mode: 1 while more than 80% of SMIME_RELAY_MAX_CLIENTS are in use and idle or slow clients are disconnected, else 0.',
+    registers,
+    collect() {
+      this.set(opts.stress() ? 1 : 0);
+    },
+  });
 
   return {
     registry,
