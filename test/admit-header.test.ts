@@ -66,6 +66,20 @@ describe('the canonical header block (554 5.6.0 naming the line, or canonical by
     expect(/^[\x20-\x7e]*$/.test(reply!.text), 'reply text is printable ASCII').toBe(true);
   });
 
+  it('refuses a header block past the size limit, to the byte', () => {
+    const raw = bin(`From: ${N}\r\nSubject: x\r\n\r\nbody`);
+    const size = raw.indexOf('\r\n\r\n') + 4; // the header block with its blank line
+    expect(canonicalHeader(raw, { smtputf8: false, maxBytes: size }).message).toBe(raw);
+    expect(refusal(() => canonicalHeader(raw, { smtputf8: false, maxBytes: size - 1 }))?.text).toMatch(/^Header line 3 \(""\) goes past the 39-byte limit/);
+  });
+
+  it('refuses the bytes around the edges of the allowed ranges, and keeps a tab', () => {
+    expect(refusedWith(bin(`From: ${N}\r\nSubject: a\x1fb\r\n\r\n`))?.text).toMatch(/control character 0x1f/);
+    expect(refusedWith(bin(`From: ${N}\r\nSubject: a\x80b\r\n\r\n`))?.text).toMatch(/^Header line 2 \("Subject: a\\x80b"\) has 8-bit bytes, but the client did not use SMTPUTF8/);
+    const tab = bin(`From: ${N}\r\nSubject: a\tb ~\r\n\r\n`);
+    expect(admit(tab).message).toBe(tab);
+  });
+
   it('refuses a header block past the size limit, naming the line where it went over', () => {
     const raw = bin(`From: ${N}\r\n` + 'X-Pad: 0123456789\r\n'.repeat(20) + '\r\nbody');
     expect(refusal(() => canonicalHeader(raw, { smtputf8: false, maxBytes: 200 }))?.text).toMatch(/^Header line 11 \("X-Pad: 0123456789"\) goes past the 200-byte limit/);
@@ -270,6 +284,29 @@ describe('what a client shows beside the address', () => {
     ['a decoded C1 control', '=?iso-8859-1?Q?a=85b?= <', /control character/],
   ])('refuses %s', (_name, text, problem) => {
     expect(shownTextProblem([text, '>'], N)).toMatch(problem);
+  });
+
+  it('decodes every charset it names, and only those', () => {
+    const charsets = [
+      'us-ascii', 'utf-8', 'iso-8859-1', ...[2, 3, 4, 5, 6, 7, 8, 10, 13, 14, 15].map((n) => `iso-8859-${n}`),
+      ...[0, 1, 2, 3, 4, 5, 6, 7, 8].map((n) => `windows-125${n}`), 'koi8-r', 'koi8-u',
+    ];
+    for (const cs of charsets) {
+      expect(shownTextProblem([`=?${cs}?Q?evil=40example.com?= <`], N), cs).toMatch(/shows the address evil@example\.com/);
+      expect(shownTextProblem([`=?${cs}?Q?Name?= <`], N), cs).toBeUndefined();
+    }
+    for (const cs of ['iso-8859-9', 'iso-8859-11', 'iso-8859-16', 'windows-1259', 'koi8', 'shift_jis', 'gb2312', 'big5', 'utf-16le', 'utf-32']) {
+      expect(shownTextProblem([`=?${cs}?Q?Name?= <`], N), cs).toMatch(/that the relay cannot decode reliably/);
+    }
+  });
+
+  it('reads adjacent encoded-words both joined and with their space, as parsers differ', () => {
+    // Python's policy.default keeps the space: "notify@exa mple.com"
+    expect(shownTextProblem(['=?utf-8?Q?notify=40exa?= =?utf-8?Q?mple.com?= <'], N)).toMatch(/shows the address notify@exa in/);
+    // and joined, they may form another address
+    expect(shownTextProblem(['=?utf-8?Q?evil?=  =?utf-8?Q?=40example.com?= <'], N)).toMatch(/shows the address evil@example\.com in/);
+    // a word between them is not joined
+    expect(shownTextProblem(['=?utf-8?Q?notify?= x =?utf-8?Q?=40example.com?= <'], N)).toMatch(/shows the address @example\.com in/);
   });
 
   it('reads charset names case-insensitively and knows the common aliases', () => {

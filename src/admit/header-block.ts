@@ -120,7 +120,8 @@ function fieldName(line: Buffer, lineNo: number): string {
   for (let i = 0; i < colon; i++) {
     const c = line[i]!;
     if (c === SP || c === HTAB) refuse(lineNo, line, 'has whitespace before the colon (obsolete syntax that parsers read differently)');
-    if (c < 33 || c > 126) refuse(lineNo, line, 'has a byte that is not allowed in a field name');
+    // controls are refused already; what is left outside ftext is 8-bit
+    if (c > 126) refuse(lineNo, line, 'has a byte that is not allowed in a field name');
   }
   return line.toString('latin1', 0, colon).toLowerCase();
 }

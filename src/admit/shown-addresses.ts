@@ -100,7 +100,7 @@ function decodeQ(text: string): Buffer | undefined {
 }
 
 const SINGLE_BYTE = new Set([
-  ...[2, 3, 4, 5, 6, 7, 8, 10, 13, 14, 15, 16].map((n) => `iso-8859-${n}`),
+  ...[2, 3, 4, 5, 6, 7, 8, 10, 13, 14, 15].map((n) => `iso-8859-${n}`),
   ...[0, 1, 2, 3, 4, 5, 6, 7, 8].map((n) => `windows-125${n}`),
   'koi8-r',
   'koi8-u',
