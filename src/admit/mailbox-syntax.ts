@@ -145,7 +145,17 @@ function read(tokens: Token[], s: string): ParsedMailbox {
       throw new Refusal('has something other than one address inside < >');
     }
     if (at + 3 < tokens.length) throw new Refusal('has text after the address in < >');
-    // before "<": the display name, words only (the specials were ruled out above)
+    // before "<": the display name, words only (the specials were ruled out above). An obs-phrase
+    // may not start with "." (RFC 5322 §4.1); Python's policy.default also fails on a "." right
+    // before "<" (`. <a@x>`, `a.<a@x>`: AttributeError, no From at all).
+    const first = tokens[0]!;
+    const last = tokens[at - 3];
+    if (
+      (at > 2 && first.kind === 'word' && !first.quoted && first.text.startsWith('.')) ||
+      (last?.kind === 'word' && !last.quoted && last.end === open.start && last.text.endsWith('.'))
+    ) {
+      throw new Refusal("has a dot at the start of its display name or right before <, which Python's parser cannot read");
+    }
   } else if (tokens.length !== 3) {
     throw new Refusal(at > 1 ? 'has words before an address that is not in < >' : 'has text after the address');
   }

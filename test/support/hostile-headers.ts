@@ -57,7 +57,7 @@ const BENIGN_NAMES = [
 /** Pieces of a From value; random sequences of them make most of the shapes parsers disagree on. */
 const FROM_PIECES = [
   COVERED, `<${COVERED}>`, `<${COVERED.toUpperCase()}>`, OTHER, `<${OTHER}>`, ...BENIGN_NAMES, ...HOSTILE_WORDS,
-  `"${OTHER}"`, `(${OTHER})`, '(comment)', '((nested))', '(', ')', '"', '<', '>', ',', ';', ':', 'Group:', '\\', '@', '[1.2.3.4]',
+  `"${OTHER}"`, `(${OTHER})`, '(comment)', '((nested))', '(', ')', '"', '<', '>', ',', ';', ':', 'Group:', '\\', '@', '[1.2.3.4]', '.', '. ',
   ' ', ' ', '\t', '\r\n ', '\r', '\n', '\r\n', '\0', '\x0c', utf8('evil＠attacker.example'), utf8('\u2028'), '\xe9', utf8(`${COVERED}\ufeff.evil.example`),
 ];
 
