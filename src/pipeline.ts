@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Principal } from './access/users.js';
-import { admitEnvelopeSender, admitFromHeader } from './admit/sender.js';
+import { admitHeader, type AdmittedMessage, type HeaderPolicy } from './admit/header.js';
+import { admitEnvelopeSender } from './admit/sender.js';
 import type { CertificateStore } from './certs/store.js';
 import type { CertificateBundle } from './certs/bundle.js';
 import { incomingDkim } from './dkim/incoming.js';
@@ -56,6 +57,11 @@ export interface PipelineDeps {
   metrics?: RelayMetrics;
   /** What happens to recipients the upstream refused while accepting others (DSN or LMTP replies). */
   refused?: RefusedRecipients;
+  /**
+   * The header admission (src/admit/header.ts, the default). Replaceable only so a test can show
+   * that a weakened one is caught by the disagreement test.
+   */
+  admitHeader?: (raw: Buffer, policy: HeaderPolicy) => AdmittedMessage;
 }
 
 type AcceptedOutcome = Parameters<typeof outcomeOf>[1];
@@ -71,9 +77,11 @@ export const newTransactionId = (): string => randomBytes(6).toString('base64url
 export class Pipeline {
   private readonly metrics: RelayMetrics;
   private readonly refused: RefusedRecipients;
+  private readonly admitHeader: NonNullable<PipelineDeps['admitHeader']>;
 
   constructor(private readonly deps: PipelineDeps) {
     this.metrics = deps.metrics ?? noMetrics;
+    this.admitHeader = deps.admitHeader ?? admitHeader;
     this.refused = deps.refused ?? new RefusedRecipients({ upstream: deps.upstream, onRefused: (n) => this.metrics.refusedRecipients(n) });
   }
 
@@ -101,12 +109,14 @@ export class Pipeline {
     const fields: Record<string, unknown> = { ...this.fieldsOf(tx), size: tx.raw.length };
     this.metrics.size(tx.raw.length);
     try {
-      // admit (header): clients compare From with the signer certificate.
-      const from = admitFromHeader(tx.raw, certs.mailboxes(), tx.principal);
+      // admit (header): one canonical header block, and one unambiguous sender decided on exactly
+      // those bytes; every path below forwards them (clients compare From with the signer).
+      const policy = { covered: certs.mailboxes(), principal: tx.principal, smtputf8: tx.envelope.smtputf8 === true };
+      const { message, from } = this.admitHeader(tx.raw, policy);
       fields.from = from;
 
       // prepare + sign (or pass through, where the configuration or the message says so)
-      const { message: outgoing, accepted, signer } = await this.sign(tx.raw, from, fields, timer, log);
+      const { message: outgoing, accepted, signer } = await this.sign(message, from, fields, timer, log);
 
       // self-verify: the exact bytes about to leave, read back as a recipient would
       if (signer && options.selfVerify !== 'off') await timer.time('self_verify', () => this.selfVerify(outgoing, signer, log));

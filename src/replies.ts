@@ -63,17 +63,40 @@ export const replies = {
     text: `Sender <${address}> is not a mailbox this relay signs for; it signs for: ${list(mailboxes)}`,
     outcome: 'rejected_sender',
   }),
-  fromHeaderInvalid: (problem: string): SmtpReply => ({
+  /**
+   * A sender field (From, and Sender/Resent-From/Resent-Sender when present) that is not exactly
+   * one mailbox in syntax every mail client reads the same way (src/admit/mailbox-syntax.ts).
+   */
+  fromHeaderInvalid: (problem: string, field = 'From'): SmtpReply => ({
     code: 550,
     status: '5.7.1',
-    text: `From header ${problem}; it must be exactly one mailbox covered by a loaded certificate`,
+    text: `${field} header ${problem}; it must be exactly one mailbox covered by a loaded certificate`,
     outcome: 'rejected_sender',
   }),
-  fromHeaderNotCovered: (address: string, mailboxes: readonly string[]): SmtpReply => ({
+  fromHeaderNotCovered: (address: string, mailboxes: readonly string[], field = 'From'): SmtpReply => ({
     code: 550,
     status: '5.7.1',
-    text: `From <${address}> is not a mailbox this relay signs for; it signs for: ${list(mailboxes)}`,
+    text: `${field} <${address}> is not a mailbox this relay signs for; it signs for: ${list(mailboxes)}`,
     outcome: 'rejected_sender',
+  }),
+  /** The display name, a quoted string or a comment shows an address other than the signed mailbox (src/admit/shown-addresses.ts). */
+  fromHeaderMisleading: (problem: string, field = 'From'): SmtpReply => ({
+    code: 550,
+    status: '5.7.1',
+    text:
+      `${field} header ${problem}; mail clients show that text next to the signature, so the relay will not sign it. ` +
+      'Leave other addresses out of the display name and comments',
+    outcome: 'rejected_sender',
+  }),
+  /**
+   * An outer header line that the next hop or a mail client could read differently from the relay
+   * (src/admit/header-block.ts): refused rather than guessed at. `excerpt` is printable ASCII.
+   */
+  headerLineRefused: (line: number, excerpt: string, problem: string): SmtpReply => ({
+    code: 554,
+    status: '5.6.0',
+    text: `Header line ${line} ("${excerpt}") ${problem}; correct the message header (RFC 5322) and send it again`,
+    outcome: 'sign_error',
   }),
 
   // Who may use the relay (src/access/). Not messages: a refused client never got to send one.
@@ -120,10 +143,10 @@ export const replies = {
     text: `User ${user} may not send as <${address}>; it may send as: ${list(mailboxes)}`,
     outcome: 'rejected_sender',
   }),
-  fromHeaderNotPermitted: (user: string, address: string, mailboxes: readonly string[]): SmtpReply => ({
+  fromHeaderNotPermitted: (user: string, address: string, mailboxes: readonly string[], field = 'From'): SmtpReply => ({
     code: 550,
     status: '5.7.1',
-    text: `User ${user} may not send as From <${address}>; it may send as: ${list(mailboxes)}`,
+    text: `User ${user} may not send as ${field} <${address}>; it may send as: ${list(mailboxes)}`,
     outcome: 'rejected_sender',
   }),
   certificateUnavailable: (mailbox: string, reason: string): SmtpReply => ({

@@ -341,6 +341,8 @@ describe('each refusal of a message is counted under the outcome an admin expect
     ['From header invalid', () => replies.fromHeaderInvalid('is missing'), 'rejected_sender'],
     ['From header not covered', () => replies.fromHeaderNotCovered('a@example.test', []), 'rejected_sender'],
     ['From header not permitted for the user', () => replies.fromHeaderNotPermitted('app', 'a@example.test', []), 'rejected_sender'],
+    ['From header shows another address', () => replies.fromHeaderMisleading('shows the address b@example.test'), 'rejected_sender'],
+    ['header line refused', () => replies.headerLineRefused(2, 'X-A: a\\r', 'contains a bare CR'), 'sign_error'],
     ['message too big', () => replies.messageTooBig(10), 'rejected_size'],
     ['certificate unavailable', () => replies.certificateUnavailable('a@example.test', 'expired'), 'sign_error'],
     ['message cannot be prepared', () => replies.malformedMessage('bare CR'), 'sign_error'],

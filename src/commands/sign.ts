@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { admitFromHeader } from '../admit/sender.js';
+import { admitHeader } from '../admit/header.js';
 import type { CertificateBundle } from '../certs/bundle.js';
 import { loadPath } from '../certs/load.js';
 import { validityFindings } from '../certs/validate.js';
@@ -49,7 +49,7 @@ class Refusal extends Error {}
 
 /**
  * `smime-relay sign`: one message, offline. Everything it does is a pipeline stage the relay
- * uses (admitFromHeader, prepareMessage, the engine, buildSignedMessage); only the input and
+ * uses (admitHeader, prepareMessage, the engine, buildSignedMessage); only the input and
  * output differ.
  */
 export async function signCommand(argv: string[], io: SignIo = defaultIo): Promise<number> {
@@ -92,12 +92,13 @@ export async function signCommand(argv: string[], io: SignIo = defaultIo): Promi
     }
 
     const covered = [...new Set(bundles.flatMap((b) => b.mailboxes))];
-    const from = admitFromHeader(raw, covered);
+    // A file has no SMTP envelope to say SMTPUTF8; UTF-8 in its header is taken as RFC 6532.
+    const { message, from } = admitHeader(raw, { covered, smtputf8: true });
     const bundle = bundles.find((b) => b.mailboxes.includes(from))!;
     const invalid = validityFindings(bundle.source, bundle.notBefore, bundle.notAfter, new Date());
     if (invalid.length) throw new Refusal(invalid.map((f) => f.message).join('; '));
 
-    const prepared = prepareMessage(raw, { headerProtection: config.headerProtection });
+    const prepared = prepareMessage(message, { headerProtection: config.headerProtection });
     engine = createEngine(config);
     const signed = buildSignedMessage(prepared, await engine.sign(prepared.entity, bundle));
     io.writeOutput(values.out, signed);

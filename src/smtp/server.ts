@@ -121,6 +121,7 @@ export function createReceiver(pipeline: Pipeline, opts: ReceiveOptions): SMTPSe
           envelope: {
             from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
             to: session.envelope.rcptTo.map((r) => r.address),
+            smtputf8: session.envelope.smtpUtf8 === true,
           },
           client: { address: session.remoteAddress, hostname: session.clientHostname, ...(peer ? { peer: String(peer) } : {}) },
           principal: access.principalOf(session),
