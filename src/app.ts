@@ -94,7 +94,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     engine,
     upstream,
     log,
-    options: { lmtp: config.lmtp, signing: config.signing, headerProtection: config.headerProtection, onMissingCert: config.onMissingCert, stripDkim: config.stripDkim },
+    options: { lmtp: config.lmtp, signing: config.signing, headerProtection: config.headerProtection, onMissingCert: config.onMissingCert, stripDkim: config.stripDkim, envelopeSenders: config.envelopeSenders },
     metrics: observability.metrics,
   });
   const sessions = new SessionPolicy({

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Principal } from './access/users.js';
+import type { EnvelopeSenders } from './admit/envelope-senders.js';
 import { admitEnvelopeSender, admitFromHeader } from './admit/sender.js';
 import type { CertificateStore } from './certs/store.js';
 import type { CertificateBundle } from './certs/bundle.js';
@@ -37,6 +38,8 @@ export interface PipelineOptions {
   stripDkim?: boolean;
   /** SMIME_RELAY_LMTP: refused recipients get their own reply instead of a DSN. */
   lmtp?: boolean;
+  /** SMIME_RELAY_ENVELOPE_SENDERS: MAIL FROM addresses allowed besides the certificates' mailboxes. */
+  envelopeSenders?: EnvelopeSenders;
 }
 
 /** The reply to a message; over LMTP also one reply per recipient, in RCPT order. */
@@ -77,7 +80,7 @@ export class Pipeline {
   /** admit (envelope): runs at MAIL FROM, before any data is transferred. */
   admitSender(address: string, principal?: Principal): Mailbox {
     try {
-      return admitEnvelopeSender(address, this.deps.certs.mailboxes(), principal);
+      return admitEnvelopeSender(address, this.deps.certs.mailboxes(), principal, this.deps.options.envelopeSenders);
     } catch (e) {
       if (e instanceof RelayError) this.metrics.outcome(outcomeOf(e.reply, 'signed'));
       throw e;
