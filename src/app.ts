@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { openAccess } from './access/open.js';
 import { DEV_MAILBOX, ensureDevCertificate } from './certs/dev.js';
 import { openCertificateStore, type CertificateStore } from './certs/store.js';
-import type { Config } from './config/settings.js';
+import { settings, type Config, type SettingKey } from './config/settings.js';
 import { ConfigError } from './config/load.js';
 import { dkimSigningFrom, withDkimSigning, type DkimSigning } from './dkim/signing.js';
 import { Observability } from './metrics/observability.js';
@@ -14,6 +14,7 @@ import { greetingDelay } from './smtp/greeting.js';
 import { createReceiver } from './smtp/server.js';
 import { SessionPolicy } from './smtp/sessions.js';
 import { FileUpstream } from './upstream/file.js';
+import { listenFailure } from './startup-error.js';
 import { SmtpUpstream } from './upstream/smtp.js';
 import type { Upstream } from './upstream/upstream.js';
 
@@ -45,12 +46,17 @@ function createUpstream(config: Config, log: Logger, dkim: DkimSigning | undefin
   });
 }
 
-function resolveCertificatePath(config: Config, log: Logger): string {
+function resolveCertificatePath(config: Config, log: Logger, name: (key: SettingKey) => string): string {
   if (config.cert) return config.cert;
   if (config.upstream.kind !== 'file') {
+    // With signing off nothing is signed, but the certificates still say who may send.
+    const why =
+      config.signing === 'off'
+        ? `${name('signing')}=off forwards mail unsigned, but the relay still needs the certificates: their mailboxes are ` +
+          'the senders it accepts (MAIL FROM and the From header are checked against them, so it cannot be misused as an open relay). '
+        : 'The development certificate is only used with a file: upstream, because no client trusts it. ';
     throw new ConfigError(
-      'SMIME_RELAY_CERT is not set. The development certificate is only used with a file: upstream, because ' +
-        'no client trusts it. Set SMIME_RELAY_CERT (--cert) to your PEM bundle, PKCS#12 file or certificate directory.',
+      `SMIME_RELAY_CERT is not set. ${why}Set SMIME_RELAY_CERT (--cert) to your PEM bundle, PKCS#12 file or certificate directory.`,
     );
   }
   let dev: ReturnType<typeof ensureDevCertificate>;
@@ -73,6 +79,12 @@ export interface RelayInternals {
   probeIntervalMs?: number;
   /** The openssl binary the openssl engine runs; fault tests point it at a script that crashes or hangs. */
   openssl?: string;
+  /**
+   * The name the user gave each setting (TATTLER_EMAIL_SMIME_CERT, --cert, a --config-dir file),
+   * so start-up errors name what the user wrote; settingNames() in config/load.ts. Default: the
+   * SMIME_RELAY_* name.
+   */
+  names?: Partial<Record<SettingKey, string>>;
 }
 
 export async function startRelay(config: Config, log: Logger, internals: RelayInternals = {}): Promise<RunningRelay> {
@@ -81,8 +93,10 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
   // Before anything is opened: a missing or pre-3.0 openssl is a start-up error, not 451 on every message.
   if (config.engine === 'openssl') log.debug({ openssl: checkOpensslVersion(internals.openssl) }, 'openssl found');
   const observability = new Observability(config.metrics);
+  const name = (key: SettingKey) => internals.names?.[key] ?? settings[key].env;
   const certs = openCertificateStore({
-    path: resolveCertificatePath(config, log),
+    path: resolveCertificatePath(config, log, name),
+    setting: config.cert ? name('cert') : undefined,
     passwordFile: config.certPasswordFile,
     log,
     onReloadFailure: () => observability.reloadFailure(),
@@ -116,9 +130,10 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     access,
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    const failed = (err: Error) => reject(listenFailure(name('listen'), config.listen, err));
+    server.once('error', failed);
     server.listen(config.listen.port, config.listen.host, () => {
-      server.off('error', reject);
+      server.off('error', failed);
       resolve();
     });
   });
@@ -136,6 +151,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
       live: () => server.server.listening,
       connections: () => server.connections.size,
       probeIntervalMs: internals.probeIntervalMs,
+      setting: name('metrics'),
     });
   } catch (e) {
     await new Promise<void>((resolve) => server.close(() => resolve()));

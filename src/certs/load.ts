@@ -34,6 +34,8 @@ export interface LoadOptions {
   passwordFile?: string;
   /** openssl binary used for PKCS#12 files. */
   openssl?: string;
+  /** The setting the path came from, as the user named it (TATTLER_EMAIL_SMIME_CERT…); default SMIME_RELAY_CERT. */
+  setting?: string;
 }
 
 export interface PathLoad {
@@ -52,7 +54,7 @@ export function loadPath(path: string, opts: LoadOptions = {}): PathLoad {
   try {
     st = statSync(path);
   } catch (e) {
-    return { mode: 'file', entries: [failed(path, 'unknown', [accessFinding(path, e)])], skipped: [] };
+    return { mode: 'file', entries: [failed(path, 'unknown', [accessFinding(path, e, opts.setting)])], skipped: [] };
   }
   if (!st.isDirectory()) return { mode: 'file', entries: [loadFile(path, opts, false)!], skipped: [] };
 
@@ -84,10 +86,17 @@ export function loadPath(path: string, opts: LoadOptions = {}): PathLoad {
   return { mode: 'directory', entries, skipped };
 }
 
-function accessFinding(path: string, e: unknown): Finding {
+function accessFinding(path: string, e: unknown, setting = 'SMIME_RELAY_CERT'): Finding {
   const code = (e as NodeJS.ErrnoException).code;
-  if (code === 'ENOENT') return error('not-found', `'${path}' does not exist (or is a symlink to nothing). Check SMIME_RELAY_CERT.`);
-  if (code === 'EACCES') return error('unreadable', `'${path}' cannot be read by this user (uid ${process.getuid?.()}). Make the relay's user its owner: chown, then chmod 600.`);
+  if (code === 'ENOENT') return error('not-found', `'${path}' does not exist (or is a symlink to nothing). Check ${setting}.`);
+  if (code === 'EACCES') {
+    const gid = process.getgid?.();
+    return error(
+      'unreadable',
+      `'${path}' cannot be read by this user (uid ${process.getuid?.()}, gid ${gid}). Let the relay's group read it: ` +
+        `chgrp ${gid} '${path}' && chmod 640 '${path}' (its directory: chgrp ${gid} and chmod 750), or make the relay's user its owner: chown ${process.getuid?.()} '${path}' && chmod 600 '${path}'.`,
+    );
+  }
   return error('unreadable', `'${path}' cannot be read: ${(e as Error).message}`);
 }
 

@@ -119,6 +119,15 @@ function safeVerify(cert: X509Certificate, issuer: X509Certificate): boolean {
 }
 
 const days = (ms: number) => Math.floor(ms / 86_400_000);
+
+/**
+ * Whole days from `now` until `when`, negative once it has passed: the one day count that
+ * check-cert's dates and the expiry findings both print, so they never differ by one.
+ */
+export function daysUntil(when: Date, now: Date): number {
+  const ms = when.getTime() - now.getTime();
+  return ms >= 0 ? days(ms) : -days(-ms) || 0;
+}
 const isoDay = (d: Date) => d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
 
 /** Expired / not yet valid, judged at `now`; kept apart because the store re-judges it on every lookup. */
@@ -135,7 +144,7 @@ export function validityFindings(source: string, notBefore: Date, notAfter: Date
     return [
       error(
         'expired',
-        `'${source}': the certificate expired on ${isoDay(notAfter)}, ${days(now.getTime() - notAfter.getTime())} day(s) ago. Renew it with your CA and point the relay at the new bundle (no restart needed).`,
+        `'${source}': the certificate expired on ${isoDay(notAfter)}, ${-daysUntil(notAfter, now)} day(s) ago. Renew it with your CA and point the relay at the new bundle (no restart needed).`,
       ),
     ];
   }
