@@ -67,6 +67,7 @@ function resolveCertificatePath(config: Config, log: Logger, name: (key: Setting
     checkOpensslVersion('openssl', 'the development certificate (no SMIME_RELAY_CERT) has to be generated');
     throw e;
   }
+  if (dev.replaced) log.warn({ dir: dev.dir, reason: dev.replaced }, `generated a new development certificate in ${dev.dir}: the one there could not be used (${dev.replaced})`);
   log.warn(
     { cert: dev.bundlePath, ca: dev.caCertPath, created: dev.created },
     `using a DEVELOPMENT certificate for ${DEV_MAILBOX} that no mail client trusts; set SMIME_RELAY_CERT for real use`,

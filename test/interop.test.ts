@@ -520,6 +520,41 @@ describe('SMIME_RELAY_HEADER_PROTECTION=clear (RFC 9788)', () => {
   });
 });
 
+describe('certificates their CA signed with RSA-PSS (the relay\'s own signature stays PKCS#1 v1.5)', () => {
+  /**
+   * The whole chain signed with RSASSA-PSS (SHA-256, MGF1 SHA-256). Measured on this machine:
+   * OpenSSL 3.0 and NSS 3.87 verify both kinds; gpgsm 2.2.40 verifies a salt as long as the hash
+   * (what the CA/Browser Forum S/MIME requirements prescribe) and rejects openssl's default
+   * maximum salt ("rejected due to salt length"). check-cert's warning says the same.
+   */
+  it.each([
+    ['salt as long as the hash', 'hash-length-salt', ['openssl', 'gpgsm', 'nss']],
+    ['maximum salt, as openssl writes by default', 'max-salt', ['openssl', 'nss']],
+  ] as const)('CA signs with RSA-PSS, %s', async (label, pss, accepting) => {
+    const pki = await createTestPki({ pss });
+    const sink = await startSink();
+    let relay: TestRelay | undefined;
+    try {
+      const leaf = await pki.issueLeaf('pss-ca', { emails: [RSA_SENDER] });
+      relay = await startTestRelay({ SMIME_RELAY_CERT: leaf.bundlePath, SMIME_RELAY_UPSTREAM: sink.url, ...(ENGINE ? { SMIME_RELAY_ENGINE: ENGINE } : {}) });
+      const input = mark(await corpus[0]!.build(RSA_SENDER));
+      const result = await sendMessage(relay.address.port, RSA_SENDER, ['a@example.org'], input);
+      expect(result.final?.code, result.final?.text).toBe(250);
+      const out = sink.received[0]!.raw;
+      const results = await verifyAll(out, pki.rootCertPath);
+      record(`RSA signer, CA signs with RSA-PSS: ${label}`, 'RSA', results);
+      const report = results.map((r) => `--- ${r.verifier}: ${r.ok ? 'OK' : 'FAILED'}\n${r.detail}`).join('\n');
+      expect(results.filter((r) => r.ok).map((r) => r.verifier).sort(), report).toEqual(accepting.filter((v) => installed.includes(v)).sort());
+      const gpgsm = results.find((r) => r.verifier === 'gpgsm');
+      if (gpgsm && !gpgsm.ok) expect(gpgsm.detail).toContain('rejected due to salt length');
+    } finally {
+      await relay?.close();
+      await sink.close();
+      await pki.cleanup();
+    }
+  }, 120_000);
+});
+
 describe('mail that is already signed or encrypted is forwarded unchanged, not wrapped again', () => {
   async function forwardedUnchanged(input: Buffer, expectedType: string) {
     const r = relays.get('RSA')!;
