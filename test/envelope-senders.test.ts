@@ -67,6 +67,11 @@ describe('the patterns', () => {
     expect(typeof withoutNull !== 'string' && withoutNull.matches('')).toBe(false);
   });
 
+  it('config --print shows the patterns as written', () => {
+    const { config } = loadConfig({ env: { SMIME_RELAY_ENVELOPE_SENDERS: PATTERNS } });
+    expect(String(config.envelopeSenders)).toBe('bounces+*@example.test,root@*,<>');
+  });
+
   it('a value that is not a list of patterns stops the relay, naming the setting', () => {
     let error: unknown;
     try {

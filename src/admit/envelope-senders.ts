@@ -11,9 +11,11 @@ export interface EnvelopeSenders {
   /** The patterns as written, for messages. */
   readonly patterns: readonly string[];
   matches(address: string): boolean;
+  /** The patterns as written, comma-separated (`config --print`). */
+  toString(): string;
 }
 
-export const NO_ENVELOPE_SENDERS: EnvelopeSenders = { patterns: [], matches: () => false };
+export const NO_ENVELOPE_SENDERS: EnvelopeSenders = { patterns: [], matches: () => false, toString: () => '' };
 
 /** The null reverse-path of RFC 5321 §4.5.5, as written in the setting. */
 const NULL_SENDER = '<>';
@@ -40,5 +42,9 @@ export function parseEnvelopeSenders(text: string): EnvelopeSenders | string {
     const re = new RegExp(`^${source}$`);
     tests.push((a) => re.test(a));
   }
-  return { patterns, matches: (address) => tests.some((t) => t(toMailbox(address))) };
+  return {
+    patterns,
+    matches: (address) => tests.some((t) => t(toMailbox(address))),
+    toString: () => patterns.join(','),
+  };
 }
