@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import { openAccess } from './access/open.js';
 import { DEV_MAILBOX, ensureDevCertificate } from './certs/dev.js';
 import { openCertificateStore, type CertificateStore } from './certs/store.js';
-import type { Config } from './config/settings.js';
+import { settings, type Config, type SettingKey } from './config/settings.js';
 import { ConfigError } from './config/load.js';
 import { dkimSigningFrom, withDkimSigning, type DkimSigning } from './dkim/signing.js';
 import { Canary } from './canary/canary.js';
@@ -17,6 +17,7 @@ import { greetingDelay } from './smtp/greeting.js';
 import { createReceiver } from './smtp/server.js';
 import { SessionPolicy } from './smtp/sessions.js';
 import { FileUpstream } from './upstream/file.js';
+import { listenFailure } from './startup-error.js';
 import { SmtpUpstream } from './upstream/smtp.js';
 import type { Upstream } from './upstream/upstream.js';
 
@@ -49,12 +50,17 @@ function createUpstream(config: Config, log: Logger, dkim: DkimSigning | undefin
   });
 }
 
-function resolveCertificatePath(config: Config, log: Logger): string {
+function resolveCertificatePath(config: Config, log: Logger, name: (key: SettingKey) => string): string {
   if (config.cert) return config.cert;
   if (config.upstream.kind !== 'file') {
+    // With signing off nothing is signed, but the certificates still say who may send.
+    const why =
+      config.signing === 'off'
+        ? `${name('signing')}=off forwards mail unsigned, but the relay still needs the certificates: their mailboxes are ` +
+          'the senders it accepts (MAIL FROM and the From header are checked against them, so it cannot be misused as an open relay). '
+        : 'The development certificate is only used with a file: upstream, because no client trusts it. ';
     throw new ConfigError(
-      'SMIME_RELAY_CERT is not set. The development certificate is only used with a file: upstream, because ' +
-        'no client trusts it. Set SMIME_RELAY_CERT (--cert) to your PEM bundle, PKCS#12 file or certificate directory.',
+      `SMIME_RELAY_CERT is not set. ${why}Set SMIME_RELAY_CERT (--cert) to your PEM bundle, PKCS#12 file or certificate directory.`,
     );
   }
   let dev: ReturnType<typeof ensureDevCertificate>;
@@ -65,6 +71,7 @@ function resolveCertificatePath(config: Config, log: Logger): string {
     checkOpensslVersion('openssl', 'the development certificate (no SMIME_RELAY_CERT) has to be generated');
     throw e;
   }
+  if (dev.replaced) log.warn({ dir: dev.dir, reason: dev.replaced }, `generated a new development certificate in ${dev.dir}: the one there could not be used (${dev.replaced})`);
   log.warn(
     { cert: dev.bundlePath, ca: dev.caCertPath, created: dev.created },
     `using a DEVELOPMENT certificate for ${DEV_MAILBOX} that no mail client trusts; set SMIME_RELAY_CERT for real use`,
@@ -79,6 +86,12 @@ export interface RelayInternals {
   openssl?: string;
   /** Fault injection around the signing engine: self-verification tests damage what it returns. */
   wrapEngine?: (engine: SigningEngine) => SigningEngine;
+  /**
+   * The name the user gave each setting (TATTLER_EMAIL_SMIME_CERT, --cert, a --config-dir file),
+   * so start-up errors name what the user wrote; settingNames() in config/load.ts. Default: the
+   * SMIME_RELAY_* name.
+   */
+  names?: Partial<Record<SettingKey, string>>;
 }
 
 /** The signing path without a listener: what `serve` and `smime-relay canary --once` share. */
@@ -90,9 +103,14 @@ export interface SigningPath {
   close(): Promise<void>;
 }
 
+/** The name the user gave each setting, for error messages (default: the SMIME_RELAY_* name). */
+const settingNames = (internals: RelayInternals) => (key: SettingKey): string => internals.names?.[key] ?? settings[key].env;
+
 export function openSigningPath(config: Config, log: Logger, observability: Observability, internals: RelayInternals = {}): SigningPath {
+  const name = settingNames(internals);
   const certs = openCertificateStore({
-    path: resolveCertificatePath(config, log),
+    path: resolveCertificatePath(config, log, name),
+    setting: config.cert ? name('cert') : undefined,
     passwordFile: config.certPasswordFile,
     log,
     onReloadFailure: () => observability.reloadFailure(),
@@ -105,7 +123,7 @@ export function openSigningPath(config: Config, log: Logger, observability: Obse
     engine,
     upstream,
     log,
-    options: { lmtp: config.lmtp, signing: config.signing, headerProtection: config.headerProtection, onMissingCert: config.onMissingCert, stripDkim: config.stripDkim, selfVerify: config.selfVerify },
+    options: { lmtp: config.lmtp, signing: config.signing, headerProtection: config.headerProtection, onMissingCert: config.onMissingCert, stripDkim: config.stripDkim, selfVerify: config.selfVerify, envelopeSenders: config.envelopeSenders },
     metrics: observability.metrics,
   });
   return {
@@ -127,6 +145,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
   // Before anything is opened: a missing or pre-3.0 openssl is a start-up error, not 451 on every message.
   if (config.engine === 'openssl') log.debug({ openssl: checkOpensslVersion(internals.openssl) }, 'openssl found');
   const observability = new Observability(config.metrics, { canary: config.canaryTo !== undefined });
+  const name = settingNames(internals);
   const path = openSigningPath(config, log, observability, internals);
   const { certs, engine, upstream, pipeline } = path;
   let canary: Canary | undefined;
@@ -154,9 +173,10 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     access,
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    const failed = (err: Error) => reject(listenFailure(name('listen'), config.listen, err));
+    server.once('error', failed);
     server.listen(config.listen.port, config.listen.host, () => {
-      server.off('error', reject);
+      server.off('error', failed);
       resolve();
     });
   });
@@ -175,6 +195,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
       connections: () => server.connections.size,
       stress: () => sessions.stressed,
       probeIntervalMs: internals.probeIntervalMs,
+      setting: name('metrics'),
     });
   } catch (e) {
     await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Principal } from './access/users.js';
 import { admitHeader, type AdmittedMessage, type HeaderPolicy } from './admit/header.js';
+import type { EnvelopeSenders } from './admit/envelope-senders.js';
 import { admitEnvelopeSender } from './admit/sender.js';
 import type { CertificateStore } from './certs/store.js';
 import type { CertificateBundle } from './certs/bundle.js';
@@ -41,6 +42,8 @@ export interface PipelineOptions {
   lmtp?: boolean;
   /** SMIME_RELAY_SELF_VERIFY: verify the outgoing bytes before forwarding them (default on). */
   selfVerify?: 'on' | 'off';
+  /** SMIME_RELAY_ENVELOPE_SENDERS: MAIL FROM addresses allowed besides the certificates' mailboxes. */
+  envelopeSenders?: EnvelopeSenders;
 }
 
 /** The reply to a message; over LMTP also one reply per recipient, in RCPT order. */
@@ -88,7 +91,7 @@ export class Pipeline {
   /** admit (envelope): runs at MAIL FROM, before any data is transferred. */
   admitSender(address: string, principal?: Principal): Mailbox {
     try {
-      return admitEnvelopeSender(address, this.deps.certs.mailboxes(), principal);
+      return admitEnvelopeSender(address, this.deps.certs.mailboxes(), principal, this.deps.options.envelopeSenders);
     } catch (e) {
       if (e instanceof RelayError) this.metrics.outcome(outcomeOf(e.reply, 'signed'));
       throw e;

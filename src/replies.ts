@@ -60,7 +60,7 @@ export const replies = {
   senderNotCovered: (address: string, mailboxes: readonly string[]): SmtpReply => ({
     code: 550,
     status: '5.7.1',
-    text: `Sender <${address}> is not a mailbox this relay signs for; it signs for: ${list(mailboxes)}`,
+    text: `Sender <${address}> is not a mailbox this relay signs for; it signs for: ${list(mailboxes)} (a bounce address may be allowed with SMIME_RELAY_ENVELOPE_SENDERS)`,
     outcome: 'rejected_sender',
   }),
   /**

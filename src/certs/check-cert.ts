@@ -1,6 +1,6 @@
 import { warning, type Finding } from './findings.js';
 import { loadPath, type LoadedBundle } from './load.js';
-import { validityFindings } from './validate.js';
+import { daysUntil, validityFindings } from './validate.js';
 
 const USAGE = `Usage: smime-relay check-cert PATH [--password-file FILE] [--json]
 
@@ -26,10 +26,8 @@ interface Verdict {
   readonly daysLeft?: number;
 }
 
-const DAY = 86_400_000;
-
 /** `smime-relay check-cert`: the admin's check, with the same loader and rules the relay uses. */
-export async function checkCert(argv: string[], out: (s: string) => void, now: Date = new Date()): Promise<number> {
+export async function checkCert(argv: string[], out: (s: string) => void, now: Date = new Date(), err: (s: string) => void = out): Promise<number> {
   let path: string | undefined;
   let passwordFile: string | undefined;
   let json = false;
@@ -41,13 +39,13 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
     } else if (a === '--json') json = true;
     else if (a === '--password-file') {
       passwordFile = argv[++i];
-      if (!passwordFile) return usage(out, '--password-file needs a file name');
+      if (!passwordFile) return usage(err, '--password-file needs a file name');
     } else if (a.startsWith('--password-file=')) passwordFile = a.slice('--password-file='.length);
-    else if (a.startsWith('-') && a !== '-') return usage(out, `unknown option '${a}'`);
+    else if (a.startsWith('-') && a !== '-') return usage(err, `unknown option '${a}'`);
     else if (path === undefined) path = a;
-    else return usage(out, `only one PATH, got '${path}' and '${a}'`);
+    else return usage(err, `only one PATH, got '${path}' and '${a}'`);
   }
-  if (!path) return usage(out, 'PATH is missing');
+  if (!path) return usage(err, 'PATH is missing');
 
   const result = loadPath(path, { passwordFile });
   const verdicts = judge(result.entries, now);
@@ -96,7 +94,7 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
     const d = v.entry.details;
     lines.push(`${v.entry.source}${v.entry.resolved ? ` -> ${v.entry.resolved}` : ''} (${v.entry.format === 'pkcs12' ? 'PKCS#12' : v.entry.format === 'pem' ? 'PEM' : 'unrecognised'})`);
     if (d) {
-      const left = v.daysLeft === undefined ? '' : v.daysLeft < 0 ? ` (expired ${-v.daysLeft} day(s) ago)` : ` (${v.daysLeft} day(s) left)`;
+      const left = v.daysLeft === undefined ? '' : d.notAfter < now ? ` (expired ${-v.daysLeft} day(s) ago)` : ` (${v.daysLeft} day(s) left)`;
       lines.push(
         `  mailboxes:    ${v.entry.mailboxes.length ? v.entry.mailboxes.join(', ') : '(none)'}`,
         `  subject:      ${d.subject}`,
@@ -128,8 +126,9 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
   return ok ? 0 : 1;
 }
 
-function usage(out: (s: string) => void, problem: string): number {
-  out(`check-cert: ${problem}\n\n${USAGE}`);
+/** A usage error goes to stderr (the caller's `err`), so a script reading stdout never takes it for a verdict. */
+function usage(err: (s: string) => void, problem: string): number {
+  err(`smime-relay check-cert: ${problem}\n\n${USAGE}`);
   return 2;
 }
 
@@ -157,7 +156,7 @@ function judge(entries: readonly LoadedBundle[], now: Date): Verdict[] {
       superseded: !canSign && covered && errors.length === 0 && !!entry.bundle,
       errors,
       warnings: all.filter((f) => f.severity === 'warning'),
-      daysLeft: d ? Math.floor((d.notAfter.getTime() - now.getTime()) / DAY) : undefined,
+      daysLeft: d ? daysUntil(d.notAfter, now) : undefined,
     };
   });
 }

@@ -34,6 +34,8 @@ export interface LoadOptions {
   passwordFile?: string;
   /** openssl binary used for PKCS#12 files. */
   openssl?: string;
+  /** The setting the path came from, as the user named it (TATTLER_EMAIL_SMIME_CERT…); default SMIME_RELAY_CERT. */
+  setting?: string;
 }
 
 export interface PathLoad {
@@ -52,7 +54,7 @@ export function loadPath(path: string, opts: LoadOptions = {}): PathLoad {
   try {
     st = statSync(path);
   } catch (e) {
-    return { mode: 'file', entries: [failed(path, 'unknown', [accessFinding(path, e)])], skipped: [] };
+    return { mode: 'file', entries: [failed(path, 'unknown', [accessFinding(path, e, opts.setting)])], skipped: [] };
   }
   if (!st.isDirectory()) return { mode: 'file', entries: [loadFile(path, opts, false)!], skipped: [] };
 
@@ -84,10 +86,17 @@ export function loadPath(path: string, opts: LoadOptions = {}): PathLoad {
   return { mode: 'directory', entries, skipped };
 }
 
-function accessFinding(path: string, e: unknown): Finding {
+function accessFinding(path: string, e: unknown, setting = 'SMIME_RELAY_CERT'): Finding {
   const code = (e as NodeJS.ErrnoException).code;
-  if (code === 'ENOENT') return error('not-found', `'${path}' does not exist (or is a symlink to nothing). Check SMIME_RELAY_CERT.`);
-  if (code === 'EACCES') return error('unreadable', `'${path}' cannot be read by this user (uid ${process.getuid?.()}). Make the relay's user its owner: chown, then chmod 600.`);
+  if (code === 'ENOENT') return error('not-found', `'${path}' does not exist (or is a symlink to nothing). Check ${setting}.`);
+  if (code === 'EACCES') {
+    const gid = process.getgid?.();
+    return error(
+      'unreadable',
+      `'${path}' cannot be read by this user (uid ${process.getuid?.()}, gid ${gid}). Let the relay's group read it: ` +
+        `chgrp ${gid} '${path}' && chmod 640 '${path}' (its directory: chgrp ${gid} and chmod 750), or make the relay's user its owner: chown ${process.getuid?.()} '${path}' && chmod 600 '${path}'.`,
+    );
+  }
   return error('unreadable', `'${path}' cannot be read: ${(e as Error).message}`);
 }
 
@@ -95,7 +104,12 @@ function failed(source: string, format: LoadedBundle['format'], findings: Findin
   return { source, format, mailboxes, findings, permissions: permissions ?? { ok: true, text: 'not checked' } };
 }
 
-/** The private key file must be ours and ours alone; a Kubernetes Secret wants defaultMode 0400. */
+/**
+ * The private key file must be readable by the relay and nobody else but root: owned by the
+ * relay's user (mode 0600), or owned by root and readable by a group the relay belongs to (0640
+ * or 0440, as the systemd install and a Kubernetes Secret with defaultMode 0440 and fsGroup make
+ * it). Readable by everyone, by a group the relay is not in, or owned by another user: a warning.
+ */
 export function permissionVerdict(path: string, what: string): { verdict: PermissionVerdict; findings: Finding[] } {
   let st: Stats;
   try {
@@ -105,15 +119,21 @@ export function permissionVerdict(path: string, what: string): { verdict: Permis
   }
   const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
   const uid = process.getuid?.();
+  const gid = process.getgid?.();
+  const ourGroups = new Set([gid, ...(process.getgroups?.() ?? [])]);
+  const fix = `chmod 600 '${path}' owned by the relay's user, or chgrp ${gid} '${path}' && chmod 640 '${path}' (in Kubernetes, defaultMode: 0440 with fsGroup on the Secret volume)`;
   const findings: Finding[] = [];
-  if (st.mode & 0o077) {
-    findings.push(warning('permissions', `'${path}' (${what}) has mode ${mode}: it is readable by ${st.mode & 0o007 ? 'everyone' : 'its group'}. Restrict it: chmod 600 '${path}' (in Kubernetes, defaultMode: 0400 on the Secret volume).`));
+  if (st.mode & 0o007) {
+    findings.push(warning('permissions', `'${path}' (${what}) has mode ${mode}: it is readable by everyone. Restrict it: ${fix}.`));
+  } else if (st.mode & 0o070 && !ourGroups.has(st.gid)) {
+    findings.push(warning('permissions', `'${path}' (${what}) has mode ${mode}: it is readable by group ${st.gid}, which the relay (gid ${gid}) is not in. Restrict it: ${fix}.`));
   }
-  if (uid !== undefined && st.uid !== uid) {
-    findings.push(warning('permissions', `'${path}' (${what}) is owned by uid ${st.uid}, not by the user running the relay (uid ${uid}). Make it owned by that user: chown.`));
+  if (uid !== undefined && st.uid !== uid && st.uid !== 0) {
+    findings.push(warning('permissions', `'${path}' (${what}) is owned by uid ${st.uid}, neither the user running the relay (uid ${uid}) nor root: that user can read and replace it. Make it owned by the relay's user or by root: chown.`));
   }
-  const problems = [st.mode & 0o077 ? 'readable by others' : '', uid !== undefined && st.uid !== uid ? "not owned by the relay's user" : ''].filter(Boolean);
-  const text = problems.length === 0 ? `ok (mode ${mode}, owned by the relay's user)` : `mode ${mode}, owner uid ${st.uid}: ${problems.join(' and ')}`;
+  const owner = st.uid === uid ? "owned by the relay's user" : st.uid === 0 ? 'owned by root' : `owned by uid ${st.uid}`;
+  const readers = st.mode & 0o007 ? 'readable by everyone' : st.mode & 0o070 ? (ourGroups.has(st.gid) ? `readable by the relay's group ${st.gid}` : `readable by group ${st.gid}`) : '';
+  const text = `${findings.length === 0 ? 'ok' : 'NOT OK'} (mode ${mode}, ${[owner, readers].filter(Boolean).join(', ')})`;
   return { verdict: { ok: findings.length === 0, text }, findings };
 }
 

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { cidrText, parseCidr } from '../access/network.js';
+import { parseEnvelopeSenders } from '../admit/envelope-senders.js';
 
 /**
  * Every setting the relay understands, in one table. Each has exactly one name per source:
@@ -151,6 +152,15 @@ const imapUrl = z.string().transform((s, ctx) => {
 });
 export type ImapTarget = z.output<typeof imapUrl>;
 
+const envelopeSenders = z.string().transform((s, ctx) => {
+  const parsed = parseEnvelopeSenders(s);
+  if (typeof parsed === 'string') {
+    ctx.addIssue({ code: 'custom', message: parsed });
+    return z.NEVER;
+  }
+  return parsed;
+});
+
 const cidrList = z.string().transform((s, ctx) => {
   const entries = s.split(',').map((e) => e.trim()).filter(Boolean);
   if (!entries.length) {
@@ -224,6 +234,15 @@ export const settings = {
     default: undefined,
     doc: 'Users file for SMTP AUTH (PLAIN, LOGIN): one `user:scrypt-hash[:mailbox,mailbox]` per line (see Security). When set, every client must authenticate before MAIL FROM (530 5.7.0), and may only send as its listed mailboxes (550 5.7.1). Re-read on SIGHUP.',
     parse: text,
+  },
+  envelopeSenders: {
+    key: 'envelopeSenders',
+    env: 'SMIME_RELAY_ENVELOPE_SENDERS',
+    flag: '--envelope-senders',
+    default: undefined,
+    defaultText: "(unset: MAIL FROM must be a certificate's mailbox)",
+    doc: "Comma-separated envelope senders (MAIL FROM) allowed besides the certificates' mailboxes: `*` matches any characters except @, `<>` is the null sender. For bounce addresses (VERP: bounces+*@example.com) and legacy sendmail (root@*). The From header must still be a certificate's mailbox (and one of the user's, with SMIME_RELAY_USERS).",
+    parse: envelopeSenders,
   },
   tlsCert: {
     key: 'tlsCert',

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { CanaryResult } from '../canary/canary.js';
 import type { CertificateStore } from '../certs/store.js';
 import type { Upstream } from '../upstream/upstream.js';
+import { listenFailure } from '../startup-error.js';
 import { startObservabilityServer, type ObservabilityServer } from './http.js';
 import { createPrometheusMetrics, type PrometheusMetrics } from './prometheus.js';
 import { Readiness } from './readiness.js';
@@ -18,6 +19,8 @@ export interface ServeDeps {
   stress: () => boolean;
   /** Upstream probe interval; tests shorten it. */
   probeIntervalMs?: number;
+  /** How the user named SMIME_RELAY_METRICS, for the error when it cannot listen. */
+  setting?: string;
 }
 
 /**
@@ -71,7 +74,7 @@ export class Observability {
         log: deps.log,
       });
     } catch (e) {
-      throw new Error(`SMIME_RELAY_METRICS ${this.listen.host}:${this.listen.port}: cannot listen (${(e as Error).message})`);
+      throw listenFailure(deps.setting ?? 'SMIME_RELAY_METRICS', this.listen, e);
     }
     this.readiness.start();
     const { host, port } = this.server.address;
