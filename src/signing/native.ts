@@ -11,6 +11,8 @@ const OID = {
   messageDigest: '1.2.840.113549.1.9.4',
   signingTime: '1.2.840.113549.1.9.5',
   smimeCapabilities: '1.2.840.113549.1.9.15',
+  signingCertificateV2: '1.2.840.113549.1.9.16.2.47',
+  encryptionKeyPreference: '1.2.840.113549.1.9.16.2.11',
   sha256: '2.16.840.1.101.3.4.2.1',
   rsaEncryption: '1.2.840.113549.1.1.1',
   ecdsaWithSha256: '1.2.840.10045.4.3.2',
@@ -35,6 +37,8 @@ const SIGNED_DATA_OID = der(oid(OID.signedData));
 const CONTENT_TYPE_ATTRIBUTE = der(seq(oid(OID.contentType), set(oid(OID.data))));
 const SIGNING_TIME_OID = der(oid(OID.signingTime));
 const MESSAGE_DIGEST_OID = der(oid(OID.messageDigest));
+const SIGNING_CERTIFICATE_V2_OID = der(oid(OID.signingCertificateV2));
+const ENCRYPTION_KEY_PREFERENCE_OID = der(oid(OID.encryptionKeyPreference));
 /**
  * Only the AES-CBC ciphers, strongest first (RFC 8551 §2.5.2). openssl also advertises
  * 3DES, RC2 and DES, which would invite a correspondent to encrypt to us with broken ciphers.
@@ -55,6 +59,8 @@ interface SignerTemplate {
   key: KeyObject;
   /** DER of IssuerAndSerialNumber, copied byte for byte from the leaf. */
   sid: Buffer;
+  /** The signed attributes that name the signer certificate (RFC 5035 §3, RFC 8551 §2.5.3). */
+  identityAttributes: Buffer[];
   signatureAlgorithm: Buffer;
   /** DER of the [0] IMPLICIT CertificateSet: leaf plus chain. */
   certificates: Buffer;
@@ -73,18 +79,27 @@ interface SignerTemplate {
 export class NativeEngine implements SigningEngine {
   readonly name = 'native' as const;
   private readonly templates = new WeakMap<CertificateBundle, SignerTemplate>();
+  private readonly now: () => Date;
+
+  /** `now` is the signingTime clock; tests pin it to compare with openssl's output byte for byte. */
+  constructor(opts: { now?: () => Date } = {}) {
+    this.now = opts.now ?? (() => new Date());
+  }
 
   async sign(content: Buffer, bundle: CertificateBundle): Promise<Buffer> {
     const t = this.templateFor(bundle);
     const digest = createHash('sha256').update(content).digest();
+    // The set RFC 8551 §2.5 asks senders for; README "Interoperability" says why each is there.
     const attributes = [
       CONTENT_TYPE_ATTRIBUTE,
-      tlv(0x30, SIGNING_TIME_OID, tlv(0x31, encodeTime(new Date()))),
+      tlv(0x30, SIGNING_TIME_OID, tlv(0x31, encodeTime(this.now()))),
       tlv(0x30, MESSAGE_DIGEST_OID, tlv(0x31, tlv(0x04, digest))),
       SMIME_CAPABILITIES_ATTRIBUTE,
+      ...t.identityAttributes,
     ];
-    // DER SET OF: elements in ascending order of their encodings (X.690 §11.6). Verifiers such as
-    // openssl re-encode the attributes before checking, so an unsorted set would not verify.
+    // DER SET OF: elements in ascending order of their encodings (X.690 §11.6), as `openssl cms
+    // -sign` writes them. DER requires it; the verifiers do not: openssl, gpgsm and NSS all accept
+    // an unsorted set, because they check the signature over the bytes as received.
     const attributeBytes = Buffer.concat(attributes.sort(Buffer.compare));
     // The signature covers the attributes with the SET tag, although they travel as [0] (RFC 5652 §5.4).
     const signature = await signAsync(tlv(0x31, attributeBytes), t.key);
@@ -121,7 +136,9 @@ function buildTemplate(bundle: CertificateBundle): SignerTemplate {
     throw new SigningError(`${bundle.source}: cannot parse the signer certificate: ${(e as Error).message}`);
   }
   // The raw issuer and serial bytes, not a re-encoding: verifiers match them against the certificate.
-  const sid = tlv(0x30, Buffer.from(leaf.issuer.valueBeforeDecode), Buffer.from(leaf.serialNumber.valueBeforeDecodeView));
+  const issuer = Buffer.from(leaf.issuer.valueBeforeDecode);
+  const serial = Buffer.from(leaf.serialNumber.valueBeforeDecodeView);
+  const sid = tlv(0x30, issuer, serial);
 
   let signatureAlgorithm: Buffer;
   switch (bundle.key.asymmetricKeyType) {
@@ -143,7 +160,27 @@ function buildTemplate(bundle: CertificateBundle): SignerTemplate {
     if (!certs.some((c) => c.equals(cert.raw))) certs.push(cert.raw);
   }
   certs.sort(Buffer.compare);
-  return { key: bundle.key, sid, signatureAlgorithm, certificates: tlv(0xa0, ...certs) };
+  return { key: bundle.key, sid, identityAttributes: identityAttributes(bundle.leaf.raw, issuer, serial), signatureAlgorithm, certificates: tlv(0xa0, ...certs) };
+}
+
+/**
+ * The two signed attributes that name the signer certificate, fixed per identity:
+ * - ESS signingCertificateV2 (RFC 5035 §3) binds the signature to this very certificate, so it
+ *   cannot be passed off as made with another certificate for the same key. One ESSCertIDv2: the
+ *   SHA-256 of the certificate (hashAlgorithm left out, DER omits the DEFAULT sha256) and
+ *   issuerSerial, the issuer as a directoryName [4] and the serial; byte for byte what
+ *   `openssl cms -sign -cades` writes.
+ * - SMIMEEncryptionKeyPreference (RFC 8551 §2.5.3) tells correspondents which certificate to
+ *   encrypt replies to: the signer's own, as issuerAndSerialNumber [0] IMPLICIT.
+ */
+function identityAttributes(leafDer: Buffer, issuer: Buffer, serial: Buffer): Buffer[] {
+  const certHash = createHash('sha256').update(leafDer).digest();
+  const issuerSerial = tlv(0x30, tlv(0x30, tlv(0xa4, issuer)), serial);
+  const signingCertificateV2 = tlv(0x30, tlv(0x30, tlv(0x30, tlv(0x04, certHash), issuerSerial)));
+  return [
+    tlv(0x30, SIGNING_CERTIFICATE_V2_OID, tlv(0x31, signingCertificateV2)),
+    tlv(0x30, ENCRYPTION_KEY_PREFERENCE_OID, tlv(0x31, tlv(0xa0, issuer, serial))),
+  ];
 }
 
 function signAsync(data: Buffer, key: KeyObject): Promise<Buffer> {

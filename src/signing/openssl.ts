@@ -44,7 +44,9 @@ export class OpensslEngine implements SigningEngine {
 
   private spawnSign(content: Buffer, bundle: CertificateBundle): Promise<Buffer> {
     const files = this.materialFor(bundle);
-    const args = ['cms', '-sign', '-binary', '-md', 'sha256', '-outform', 'DER', '-signer', files.signer, '-inkey', files.key];
+    // -cades adds ESS signingCertificateV2 (RFC 5035). openssl's command line has no way to add
+    // SMIMEEncryptionKeyPreference, so only the native engine sends that one.
+    const args = ['cms', '-sign', '-binary', '-cades', '-md', 'sha256', '-outform', 'DER', '-signer', files.signer, '-inkey', files.key];
     if (files.chain) args.push('-certfile', files.chain);
     return new Promise((resolve, reject) => {
       const child = spawn(this.binary, args, { stdio: ['pipe', 'pipe', 'pipe'] });
