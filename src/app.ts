@@ -10,6 +10,7 @@ import { Observability } from './metrics/observability.js';
 import { Pipeline } from './pipeline.js';
 import { checkOpensslVersion } from './signing/openssl-version.js';
 import { createEngine } from './signing/create.js';
+import { tokenFromConfig } from './signing/pkcs11/from-config.js';
 import { greetingDelay } from './smtp/greeting.js';
 import { createReceiver } from './smtp/server.js';
 import { SessionPolicy } from './smtp/sessions.js';
@@ -80,13 +81,22 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
   const access = await openAccess(config, log);
   // Before anything is opened: a missing or pre-3.0 openssl is a start-up error, not 451 on every message.
   if (config.engine === 'openssl') log.debug({ openssl: checkOpensslVersion(internals.openssl) }, 'openssl found');
+  // Likewise keys on a PKCS#11 token with an engine that cannot use them, or without the binding.
+  const token = tokenFromConfig(config, log);
   const observability = new Observability(config.metrics);
-  const certs = openCertificateStore({
-    path: resolveCertificatePath(config, log),
-    passwordFile: config.certPasswordFile,
-    log,
-    onReloadFailure: () => observability.reloadFailure(),
-  });
+  let certs: CertificateStore;
+  try {
+    certs = openCertificateStore({
+      path: resolveCertificatePath(config, log),
+      passwordFile: config.certPasswordFile,
+      log,
+      onReloadFailure: () => observability.reloadFailure(),
+      keys: token,
+    });
+  } catch (e) {
+    token?.close();
+    throw e;
+  }
   const engine = createEngine(config, internals.openssl);
   const upstream = createUpstream(config, log, dkimSigningFrom(config));
   const pipeline = new Pipeline({
@@ -158,6 +168,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
       await upstream.close();
       await engine.close();
       certs.close();
+      token?.close();
     },
   };
 }

@@ -1,14 +1,19 @@
+import { loadConfig } from '../config/load.js';
+import { tokenFromConfig } from '../signing/pkcs11/from-config.js';
 import { warning, type Finding } from './findings.js';
 import { loadPath, type LoadedBundle } from './load.js';
 import { validityFindings } from './validate.js';
 
-const USAGE = `Usage: smime-relay check-cert PATH [--password-file FILE] [--json]
+const USAGE = `Usage: smime-relay check-cert PATH [--password-file FILE] [--pkcs11-… ] [--json]
 
 Checks a certificate bundle before you deploy it: a PEM file (private key, certificate and
 chain in any order), a PKCS#12 file (.p12/.pfx), or a directory of them.
 
   --password-file FILE  passphrase of an encrypted key or PKCS#12 file, first line
                         (what SMIME_RELAY_CERT_PASSWORD_FILE will name)
+  --pkcs11-module FILE, --pkcs11-token LABEL, --pkcs11-pin-file FILE
+                        the PKCS#11 token that holds the keys of certificates given without
+                        one (default: SMIME_RELAY_PKCS11_MODULE, _TOKEN, _PIN_FILE)
   --json                machine-readable output
   --help                this text
 
@@ -33,6 +38,7 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
   let path: string | undefined;
   let passwordFile: string | undefined;
   let json = false;
+  const tokenFlags: Record<string, string> = {};
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--help' || a === '-h') {
@@ -43,13 +49,25 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
       passwordFile = argv[++i];
       if (!passwordFile) return usage(out, '--password-file needs a file name');
     } else if (a.startsWith('--password-file=')) passwordFile = a.slice('--password-file='.length);
-    else if (a.startsWith('-') && a !== '-') return usage(out, `unknown option '${a}'`);
+    else if (a.split('=')[0]! in TOKEN_OPTIONS) {
+      const [name, inline] = a.split(/=(.*)/s) as [keyof typeof TOKEN_OPTIONS, string | undefined];
+      const value = inline ?? argv[++i];
+      if (!value) return usage(out, `${name} needs a value`);
+      tokenFlags[TOKEN_OPTIONS[name]] = value;
+    } else if (a.startsWith('-') && a !== '-') return usage(out, `unknown option '${a}'`);
     else if (path === undefined) path = a;
     else return usage(out, `only one PATH, got '${path}' and '${a}'`);
   }
   if (!path) return usage(out, 'PATH is missing');
 
-  const result = loadPath(path, { passwordFile });
+  // The same settings table as the relay: the flags, else SMIME_RELAY_PKCS11_* from the environment.
+  const token = tokenFromConfig(loadConfig({ flags: tokenFlags, env: process.env }).config);
+  let result: ReturnType<typeof loadPath>;
+  try {
+    result = loadPath(path, { passwordFile, keys: token });
+  } finally {
+    token?.close();
+  }
   const verdicts = judge(result.entries, now);
   const ok = verdicts.length > 0 && verdicts.every((v) => v.canSign || v.superseded);
 
@@ -74,6 +92,7 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
             notAfter: v.entry.details?.notAfter.toISOString(),
             daysLeft: v.daysLeft,
             key: v.entry.details?.key,
+            keyLocation: v.entry.bundle?.key.location,
             signatureAlgorithm: v.entry.details?.signatureAlgorithm,
             chain: v.entry.details?.chain,
             permissions: v.entry.permissions,
@@ -104,7 +123,7 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
         `  serial:       ${d.serial}`,
         `  not before:   ${d.notBefore.toISOString()}`,
         `  not after:    ${d.notAfter.toISOString()}${left}`,
-        `  key:          ${d.key.text}`,
+        `  key:          ${keyLine(v.entry)}`,
         `  signature:    ${d.signatureAlgorithm}`,
         `  chain:        ${d.chain.status}: ${d.chain.text}`,
       );
@@ -126,6 +145,15 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
   lines.push(ok ? 'OK: the relay can sign with this.' : `NOT OK: ${verdicts.filter((v) => !v.canSign && !v.superseded).length} of ${verdicts.length} bundle(s) cannot sign.`);
   out(lines.join('\n'));
   return ok ? 0 : 1;
+}
+
+/** Options naming the token, and the setting each one stands for. */
+const TOKEN_OPTIONS = { '--pkcs11-module': 'pkcs11Module', '--pkcs11-token': 'pkcs11Token', '--pkcs11-pin-file': 'pkcs11PinFile' } as const;
+
+/** "RSA 2048 bits", or for a key on a token "on token relay (label 'notify', id 01), RSA 2048 bits". */
+function keyLine(entry: LoadedBundle): string {
+  const location = entry.bundle?.key.location;
+  return location?.kind === 'token' ? `on token ${location.token} (${location.object}), ${entry.details!.key.text}` : entry.details!.key.text;
 }
 
 function usage(out: (s: string) => void, problem: string): number {

@@ -2,6 +2,7 @@ import { watch, realpathSync, statSync, type FSWatcher } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import type { Mailbox } from '../mime/mailbox.js';
+import type { KeySource } from '../signing/key.js';
 import { describeForLog, type CertificateBundle } from './bundle.js';
 import { expiryWarnings } from './expiry.js';
 import { CertificateError, type Finding } from './findings.js';
@@ -42,6 +43,8 @@ export interface CertificateStoreOptions {
   /** After a failed reload, look again this much later before calling it an error: `ln -sf` and `cp` leave short gaps. Default 500 ms. */
   settleMs?: number;
   openssl?: string;
+  /** Where certificates without a private key in their file find it: a PKCS#11 token. */
+  keys?: KeySource;
 }
 
 interface SourceState {
@@ -175,7 +178,7 @@ class WatchedStore implements CertificateStore {
     const signature = pathSignature(path, passwordFile);
     if ((trigger === 'watch' || trigger === 'use') && signature === this.signature) return;
 
-    const result = loadPath(path, { passwordFile, openssl: this.opts.openssl });
+    const result = loadPath(path, { passwordFile, openssl: this.opts.openssl, keys: this.opts.keys });
     const failing = result.entries.some((e) => !e.bundle);
     const vanished = [...this.sources.keys()].filter((s) => !result.entries.some((e) => e.source === s));
     // A file that changed while it was read may be torn even when it parses (a write that stopped

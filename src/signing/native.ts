@@ -1,8 +1,9 @@
-import { createHash, sign as cryptoSign, type KeyObject } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import * as pkijs from 'pkijs';
 import type { CertificateBundle } from '../certs/bundle.js';
 import { SigningError, type SigningEngine } from './engine.js';
+import type { SigningKey } from './key.js';
 
 const OID = {
   data: '1.2.840.113549.1.7.1',
@@ -56,7 +57,7 @@ const ECDSA_SIGNATURE_ALGORITHM = der(seq(oid(OID.ecdsaWithSha256)));
 
 /** What is fixed per signing identity, so a message costs one hash, one signature and a few copies. */
 interface SignerTemplate {
-  key: KeyObject;
+  key: SigningKey;
   /** DER of IssuerAndSerialNumber, copied byte for byte from the leaf. */
   sid: Buffer;
   /** The signed attributes that name the signer certificate (RFC 5035 §3, RFC 8551 §2.5.3). */
@@ -68,13 +69,13 @@ interface SignerTemplate {
 
 /**
  * Signs in-process: a detached CMS SignedData with the same shape as
- * `openssl cms -sign -binary -md sha256` (RFC 5652 §5, RFC 8551 §2.5).
+ * `openssl cms -sign -binary -cades -md sha256` (RFC 5652 §5, RFC 8551 §2.5).
  *
  * PKI.js's own SignedData.sign costs about 3.8 ms per message here, more than ten times the
  * RSA operation, mostly in building and re-encoding objects. So PKI.js parses each identity
  * once, the per-message parts are a handful of DER fields written directly, and the signature
- * comes from Node's crypto.sign with a callback, which runs on the libuv thread pool and leaves
- * the event loop free for SMTP.
+ * comes from the bundle's key: Node's crypto.sign for a key from the file, the token for a
+ * PKCS#11 key, both off the event loop so it stays free for SMTP.
  */
 export class NativeEngine implements SigningEngine {
   readonly name = 'native' as const;
@@ -102,7 +103,7 @@ export class NativeEngine implements SigningEngine {
     // an unsorted set, because they check the signature over the bytes as received.
     const attributeBytes = Buffer.concat(attributes.sort(Buffer.compare));
     // The signature covers the attributes with the SET tag, although they travel as [0] (RFC 5652 §5.4).
-    const signature = await signAsync(tlv(0x31, attributeBytes), t.key);
+    const signature = await t.key.sign(tlv(0x31, attributeBytes));
     const signerInfo = tlv(
       0x30,
       VERSION_1,
@@ -141,7 +142,7 @@ function buildTemplate(bundle: CertificateBundle): SignerTemplate {
   const sid = tlv(0x30, issuer, serial);
 
   let signatureAlgorithm: Buffer;
-  switch (bundle.key.asymmetricKeyType) {
+  switch (bundle.key.type) {
     case 'rsa':
       signatureAlgorithm = RSA_SIGNATURE_ALGORITHM;
       break;
@@ -150,7 +151,7 @@ function buildTemplate(bundle: CertificateBundle): SignerTemplate {
       break;
     default:
       throw new SigningError(
-        `${bundle.source}: the native engine signs with RSA (PKCS#1 v1.5) or ECDSA keys, not ${bundle.key.asymmetricKeyType ?? 'this key type'}`,
+        `${bundle.source}: the native engine signs with RSA (PKCS#1 v1.5) or ECDSA keys, not ${bundle.key.type}`,
       );
   }
 
@@ -181,15 +182,6 @@ function identityAttributes(leafDer: Buffer, issuer: Buffer, serial: Buffer): Bu
     tlv(0x30, SIGNING_CERTIFICATE_V2_OID, tlv(0x31, signingCertificateV2)),
     tlv(0x30, ENCRYPTION_KEY_PREFERENCE_OID, tlv(0x31, tlv(0xa0, issuer, serial))),
   ];
-}
-
-function signAsync(data: Buffer, key: KeyObject): Promise<Buffer> {
-  // For EC keys Node's default dsaEncoding is 'der', the ECDSA-Sig-Value CMS wants (RFC 5753 §2.1.1).
-  return new Promise((resolve, reject) =>
-    cryptoSign('sha256', data, key, (err, sig) =>
-      err ? reject(new SigningError(`signature failed: ${err.message}`)) : resolve(sig),
-    ),
-  );
 }
 
 /** DER tag-length-value; every tag used here is a single octet. */
