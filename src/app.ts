@@ -2,6 +2,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { openAccess } from './access/open.js';
 import { DEV_MAILBOX, ensureDevCertificate } from './certs/dev.js';
+import { RevocationMonitor } from './certs/revocation/monitor.js';
 import { openCertificateStore, type CertificateStore } from './certs/store.js';
 import type { Config } from './config/settings.js';
 import { ConfigError } from './config/load.js';
@@ -83,7 +84,11 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
   if (config.engine === 'openssl') log.debug({ openssl: checkOpensslVersion(internals.openssl) }, 'openssl found');
   // Likewise keys on a PKCS#11 token with an engine that cannot use them, or without the binding.
   const token = tokenFromConfig(config, log);
-  const observability = new Observability(config.metrics);
+  const revocation =
+    config.revocation === 'off'
+      ? undefined
+      : new RevocationMonitor({ mode: config.revocation, intervalMs: config.revocationInterval, log, onCheckFailure: () => observability.revocationCheckFailure() });
+  const observability = new Observability(config.metrics, revocation && ((b) => revocation.status(b)?.state === 'revoked'));
   let certs: CertificateStore;
   try {
     certs = openCertificateStore({
@@ -92,8 +97,12 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
       log,
       onReloadFailure: () => observability.reloadFailure(),
       keys: token,
+      revocation,
     });
+    // The first status of every certificate is known before the first message (each request is bounded by its timeout).
+    await revocation?.ready();
   } catch (e) {
+    revocation?.close();
     token?.close();
     throw e;
   }
@@ -168,6 +177,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
       await upstream.close();
       await engine.close();
       certs.close();
+      revocation?.close();
       token?.close();
     },
   };

@@ -29,6 +29,10 @@ export type FindingCode =
   | 'sha1'
   | 'pss'
   | 'permissions'
+  /** The issuer says the certificate is revoked. */
+  | 'revoked'
+  /** Its revocation status could not be established (an error under SMIME_RELAY_REVOCATION=hard). */
+  | 'revocation'
   /** The key is on a PKCS#11 token that cannot provide it (src/signing/pkcs11/token-error.ts). */
   | TokenErrorCode;
 

@@ -7,6 +7,7 @@ import { describeForLog, type CertificateBundle } from './bundle.js';
 import { expiryWarnings } from './expiry.js';
 import { CertificateError, type Finding } from './findings.js';
 import { loadPath, pathSignature, type LoadedBundle } from './load.js';
+import type { RevocationGate } from './revocation/monitor.js';
 import { validityFindings } from './validate.js';
 
 /** What the store knows about a mailbox at the moment a message needs signing. */
@@ -45,6 +46,8 @@ export interface CertificateStoreOptions {
   openssl?: string;
   /** Where certificates without a private key in their file find it: a PKCS#11 token. */
   keys?: KeySource;
+  /** Revocation of the loaded certificates (SMIME_RELAY_REVOCATION); a refused one is `unavailable`. */
+  revocation?: RevocationGate;
 }
 
 interface SourceState {
@@ -140,7 +143,8 @@ class WatchedStore implements CertificateStore {
     const entry = this.index.get(mailbox);
     if (!entry) return { kind: 'unknown' };
     const now = this.now();
-    const valid = entry.good.filter((b) => within(b, now)).sort((a, b) => b.notAfter.getTime() - a.notAfter.getTime());
+    const refusal = (b: CertificateBundle) => this.opts.revocation?.refusal(b);
+    const valid = entry.good.filter((b) => within(b, now) && !refusal(b)).sort((a, b) => b.notAfter.getTime() - a.notAfter.getTime());
     const best = valid[0];
     if (best) {
       if (valid.length > 1 && this.chosen.get(mailbox) !== best.serial) {
@@ -153,7 +157,9 @@ class WatchedStore implements CertificateStore {
     const reasons = entry.good.map((b) =>
       now < b.notBefore
         ? `the certificate for ${mailbox} (serial ${b.serial}) is not valid before ${b.notBefore.toISOString()}`
-        : `the certificate for ${mailbox} (serial ${b.serial}) expired on ${b.notAfter.toISOString()}`,
+        : now > b.notAfter
+          ? `the certificate for ${mailbox} (serial ${b.serial}) expired on ${b.notAfter.toISOString()}`
+          : `the certificate for ${mailbox} (serial ${b.serial}): ${refusal(b)}`,
     );
     if (entry.good.length === 0) reasons.push(...entry.broken.map(() => `the certificate configured for ${mailbox} cannot be loaded`));
     return { kind: 'unavailable', reason: [...new Set(reasons)].join('; ') };
@@ -275,6 +281,7 @@ class WatchedStore implements CertificateStore {
       }
     }
     this.index = index;
+    this.opts.revocation?.track([...this.sources.values()].flatMap((st) => st.loaded.map((l) => l.bundle!)));
   }
 
   /** Watches the directory holding the path and the one holding its target (renames replace inodes). */

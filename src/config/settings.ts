@@ -51,6 +51,18 @@ const millis = z
   .regex(/^\d+$/, 'expected a whole number of milliseconds')
   .transform(Number);
 
+const DURATION_UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+/** "30s", "15m", "6h", "1d" as milliseconds; at most 7 days, which Node's timers can still wait. */
+const duration = z.string().transform((s, ctx) => {
+  const m = /^\s*(\d+)\s*([smhd])\s*$/.exec(s);
+  const ms = m ? Number(m[1]) * DURATION_UNITS[m[2]!]! : NaN;
+  if (!m || ms <= 0 || ms > 7 * 86_400_000) {
+    ctx.addIssue({ code: 'custom', message: `expected a duration from 1s to 7d such as 30s, 15m, 6h or 1d, got '${s}'` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
 const positiveInt = z
   .string()
   .regex(/^[1-9]\d*$/, 'expected a positive whole number')
@@ -222,6 +234,22 @@ export const settings = {
     default: undefined,
     doc: "File whose first line is the token's user PIN. Keep it mode 0600. A PIN the token refused is not tried again until the file changes (send SIGHUP after fixing it), so the relay never locks the token.",
     parse: text,
+  },
+  revocation: {
+    key: 'revocation',
+    env: 'SMIME_RELAY_REVOCATION',
+    flag: '--revocation',
+    default: 'soft',
+    doc: "Check whether the relay's own certificates were revoked: OCSP (the responder in the certificate's AIA), else its CRL distribution point; at load, every SMIME_RELAY_REVOCATION_INTERVAL, and when the responder's answer expires. A revoked certificate stops signing unless off: its mail gets 451 4.7.1. soft: a responder that cannot be reached is a warning and signing goes on. hard: it is treated like revoked. off: no checks.",
+    parse: oneOf(['off', 'soft', 'hard'] as const),
+  },
+  revocationInterval: {
+    key: 'revocationInterval',
+    env: 'SMIME_RELAY_REVOCATION_INTERVAL',
+    flag: '--revocation-interval',
+    default: '6h',
+    doc: "How often the revocation status is checked again (30s, 15m, 6h, 1d; at most 7d); sooner when the responder's nextUpdate says its answer expires earlier. A failed check is retried within 5 minutes.",
+    parse: duration,
   },
   onMissingCert: {
     key: 'onMissingCert',

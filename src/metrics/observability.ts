@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import type { CertificateBundle } from '../certs/bundle.js';
 import type { CertificateStore } from '../certs/store.js';
 import type { Upstream } from '../upstream/upstream.js';
 import { startObservabilityServer, type ObservabilityServer } from './http.js';
@@ -29,11 +30,16 @@ export class Observability {
   private server: ObservabilityServer | undefined;
   private readiness: Readiness | undefined;
 
-  constructor(private readonly listen: { host: string; port: number } | undefined) {
+  /** `revoked` feeds smime_relay_certificate_revoked; leave it out when revocation checks are off. */
+  constructor(
+    private readonly listen: { host: string; port: number } | undefined,
+    revoked?: (bundle: CertificateBundle) => boolean,
+  ) {
     this.prometheus = listen
       ? createPrometheusMetrics({
           certificates: () => this.deps?.certs.bundles() ?? [],
           connections: () => this.deps?.connections() ?? 0,
+          revoked,
         })
       : undefined;
     this.metrics = this.prometheus ?? noMetrics;
@@ -41,6 +47,8 @@ export class Observability {
 
   /** For the certificate store's onReloadFailure. */
   readonly reloadFailure = (): void => this.prometheus?.reloadFailure();
+  /** For the revocation monitor's onCheckFailure. */
+  readonly revocationCheckFailure = (): void => this.prometheus?.revocationCheckFailure();
 
   /** The bound address of the metrics listener, once serving. */
   get address(): { host: string; port: number } | undefined {

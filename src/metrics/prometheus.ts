@@ -8,6 +8,8 @@ export interface PrometheusMetricsOptions {
   certificates: () => readonly CertificateBundle[];
   /** Open client connections, read at every scrape. */
   connections: () => number;
+  /** Whether a certificate is known to be revoked; undefined when revocation checks are off. Read at every scrape. */
+  revoked?: (bundle: CertificateBundle) => boolean;
   now?: () => Date;
 }
 
@@ -15,6 +17,7 @@ export interface PrometheusMetrics extends RelayMetrics {
   /** One registry per relay, so several relays in one process (tests) keep separate counts. */
   readonly registry: Registry;
   reloadFailure(): void;
+  revocationCheckFailure(): void;
 }
 
 export function createPrometheusMetrics(opts: PrometheusMetricsOptions): PrometheusMetrics {
@@ -68,6 +71,28 @@ export function createPrometheusMetrics(opts: PrometheusMetricsOptions): Prometh
     registers,
   });
 
+  if (opts.revoked) {
+    const revoked = opts.revoked;
+    new Gauge({
+      name: 'smime_relay_certificate_revoked',
+      help: 'Per loaded certificate and mailbox: 1 when its issuer says it is revoked (it no longer signs), else 0.',
+      labelNames: ['mailbox', 'serial'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const b of opts.certificates()) {
+          for (const mailbox of b.mailboxes) this.set({ mailbox, serial: b.serial }, revoked(b) ? 1 : 0);
+        }
+      },
+    });
+  }
+
+  const revocationCheckFailures = new Counter({
+    name: 'smime_relay_revocation_check_failures_total',
+    help: 'Revocation checks that got no usable answer (responder unreachable, invalid or unknown answer).',
+    registers,
+  });
+
   const refusedRecipients = new Counter({
     name: 'smime_relay_refused_recipients_total',
     help: 'Recipients the upstream refused while it accepted others; each is reported to the sender by DSN (or by its own LMTP reply).',
@@ -90,5 +115,6 @@ export function createPrometheusMetrics(opts: PrometheusMetricsOptions): Prometh
     size: (bytes) => sizes.observe(bytes),
     refusedRecipients: (count) => refusedRecipients.inc(count),
     reloadFailure: () => reloadFailures.inc(),
+    revocationCheckFailure: () => revocationCheckFailures.inc(),
   };
 }
