@@ -65,6 +65,7 @@ const DEFAULT_SESSIONS = 4;
  * once the PIN file changed (and the certificates are reloaded, e.g. by SIGHUP).
  */
 export class Pkcs11Token implements KeySource {
+  readonly label: string;
   readonly description: string;
   private readonly slots: Semaphore;
   private readonly log: Logger | undefined;
@@ -76,6 +77,7 @@ export class Pkcs11Token implements KeySource {
   private closed = false;
 
   constructor(private readonly opts: TokenOptions) {
+    this.label = opts.token;
     this.description = `token ${opts.token}`;
     this.slots = new Semaphore(opts.sessions ?? DEFAULT_SESSIONS);
     this.log = opts.log?.child({ component: 'pkcs11', token: opts.token });
@@ -270,7 +272,7 @@ export class TokenKey implements SigningKey {
   ) {
     this.type = match.type;
     this.generation = generation;
-    this.location = { kind: 'token', token: token.description.replace(/^token /, ''), object };
+    this.location = { kind: 'token', token: token.label, object };
   }
 
   sign(data: Buffer): Promise<Buffer> {
