@@ -1,7 +1,7 @@
 import { loadConfig } from '../config/load.js';
 import { tokenFromConfig } from '../signing/pkcs11/from-config.js';
 import { error, warning, type Finding } from './findings.js';
-import { checkRevocation, describeStatus, type RevocationStatus } from './revocation/check.js';
+import { checkRevocation, describeStatus, isoSeconds, type RevocationStatus } from './revocation/check.js';
 import { loadPath, type LoadedBundle } from './load.js';
 import { validityFindings } from './validate.js';
 
@@ -168,7 +168,7 @@ async function revocationOf(entries: readonly LoadedBundle[], mode: 'off' | 'sof
 /** The entry with what its revocation status means for signing, as the relay would judge it. */
 function withRevocation(entry: LoadedBundle, status: RevocationStatus | undefined, mode: 'off' | 'soft' | 'hard'): LoadedBundle {
   if (status?.state === 'revoked') {
-    return { ...entry, findings: [...entry.findings, error('revoked', `'${entry.source}': the certificate was revoked on ${status.revokedAt.toISOString()} (${status.reason ? `${status.reason}, ` : ''}${status.source}). The relay does not sign with it: get a new certificate from your CA.`)] };
+    return { ...entry, findings: [...entry.findings, error('revoked', `'${entry.source}': the certificate was revoked on ${isoSeconds(status.revokedAt)} (${status.reason ? `${status.reason}, ` : ''}${status.source}). The relay does not sign with it: get a new certificate from your CA.`)] };
   }
   if (status?.state === 'failed') {
     const effect = mode === 'hard' ? 'With SMIME_RELAY_REVOCATION=hard the relay does not sign with it until the status can be checked.' : 'The relay signs with it anyway (SMIME_RELAY_REVOCATION=soft) and warns.';

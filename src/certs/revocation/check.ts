@@ -65,13 +65,16 @@ function issuerOf(leaf: X509Certificate, chain: readonly X509Certificate[]): X50
   });
 }
 
+/** A moment as the replies and logs give it: ISO 8601 to the second, UTC. */
+export const isoSeconds = (d: Date): string => d.toISOString().replace(/\.\d{3}Z$/, 'Z');
+
 /** "good (OCSP http://…, next update …)", "revoked on … (keyCompromise, OCSP http://…)", as check-cert and the logs say it. */
 export function describeStatus(status: RevocationStatus): string {
   switch (status.state) {
     case 'good':
-      return `good (${status.source}, ${status.nextUpdate ? `next update ${status.nextUpdate.toISOString()}` : 'no next update given'})`;
+      return `good (${status.source}, ${status.nextUpdate ? `next update ${isoSeconds(status.nextUpdate)}` : 'no next update given'})`;
     case 'revoked':
-      return `REVOKED on ${status.revokedAt.toISOString()} (${status.reason ? `${status.reason}, ` : ''}${status.source})`;
+      return `REVOKED on ${isoSeconds(status.revokedAt)} (${status.reason ? `${status.reason}, ` : ''}${status.source})`;
     case 'failed':
       return `could not be checked: ${status.problem}`;
     case 'uncheckable':

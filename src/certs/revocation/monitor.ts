@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { describeForLog, type CertificateBundle } from '../bundle.js';
-import { checkRevocation, describeStatus, type CheckOptions, type RevocationStatus } from './check.js';
+import { checkRevocation, describeStatus, isoSeconds as when, type CheckOptions, type RevocationStatus } from './check.js';
 
 /** What the certificate store asks before it lets a certificate sign (src/certs/store.ts). */
 export interface RevocationGate {
@@ -37,8 +37,6 @@ const RETRY_MS = 5 * 60_000;
 /** Never closer together than this, whatever a responder's nextUpdate says. */
 const MIN_DELAY_MS = 30_000;
 const GRACE_MS = 5 * 60_000;
-
-const when = (d: Date) => d.toISOString().replace(/\.\d{3}Z$/, 'Z');
 
 /**
  * Watches the revocation status of every signing certificate: at load, then every
