@@ -167,7 +167,7 @@ export class Pkcs11Token implements KeySource {
     try {
       const slot = findSlot(m, label);
       const flags = m.C_GetTokenInfo(slot).flags;
-      // Trying a PIN on a locked token achieves nothing; on one at its final try it may lock it.
+      // A locked token gets no PIN at all: it refuses any until an admin unlocks it.
       if (flags & b.CKF_USER_PIN_LOCKED) throw locked(label);
       if (!(flags & b.CKF_USER_PIN_INITIALIZED)) {
         throw new TokenError('token-pin', `token '${label}' has no user PIN set yet (CKF_USER_PIN_INITIALIZED is off); set one with the security officer PIN (pkcs11-tool --init-pin --login --login-type so), then put it into the PIN file`);
