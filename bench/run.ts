@@ -10,7 +10,8 @@ import { cpus, loadavg, release, tmpdir, totalmem, availableParallelism } from '
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createTestPki } from '../test/support/pki.js';
+import { createTestPki, type Leaf, type TestPki } from '../test/support/pki.js';
+import { createSoftHsm, missingForPkcs11 } from '../test/support/softhsm.js';
 import { largeMessage, smallMessage } from './messages.js';
 import { cpu, memory, runTimed, sampleTreeRss, SMTP_SOURCE, startRelay, startSink, type CpuSample, type Service } from './processes.js';
 import { dataPayload, measureGreetings, runLoad, sendConcurrently, type Envelope, type LoadResult } from './smtp-client.js';
@@ -19,7 +20,8 @@ import { measureSelfVerifyCost, type SelfVerifyCost } from './self-verify.js';
 
 const HELP = `Usage: npm run bench [-- --quick] [-- --out FILE]
 
-Measures unsigned pass-through, the openssl engine and the native engine side by side:
+Measures unsigned pass-through, the openssl engine and the native engine side by side, the last
+also with its key on a SoftHSM2 token (PKCS#11) when softhsm2 and the pkcs11js binding are there:
 2 KB messages over 20 reused connections, one new connection per message (20 sessions),
 connect→220 times, and peak RSS with one and with ten concurrent 25 MB messages. Then the
 cost of self-verification: the native engine with SMIME_RELAY_SELF_VERIFY on and off, in
@@ -157,6 +159,26 @@ async function measureLarge(start: () => Promise<Service>, n: number, payload: B
   }
 }
 
+/**
+ * The bench certificate's key on a SoftHSM2 token in the work directory, and the relay settings
+ * that use it; undefined (with the reason printed) when softhsm2 or the pkcs11js binding is missing.
+ */
+async function tokenConfig(work: string, leaf: Leaf, pki: TestPki): Promise<Record<string, string> | undefined> {
+  const missing = missingForPkcs11();
+  if (missing.length) {
+    log(`native-token: skipped, missing ${missing.join('; ')}`);
+    return undefined;
+  }
+  const hsm = createSoftHsm(join(work, 'softhsm'));
+  await hsm.initToken('bench', '1234');
+  await hsm.importKey('bench', '1234', leaf.keyPath, 'bench', '01');
+  const cert = join(work, 'token-cert.pem');
+  writeFileSync(cert, readFileSync(leaf.certPath, 'latin1') + readFileSync(pki.intermediateCertPath, 'latin1'));
+  const pin = join(work, 'token.pin');
+  writeFileSync(pin, '1234\n', { mode: 0o600 });
+  return { SOFTHSM2_CONF: hsm.conf, SMIME_RELAY_CERT: cert, SMIME_RELAY_PKCS11_MODULE: hsm.module, SMIME_RELAY_PKCS11_TOKEN: 'bench', SMIME_RELAY_PKCS11_PIN_FILE: pin };
+}
+
 async function main(): Promise<void> {
   const t0 = performance.now();
   log(`smime-relay benchmark${quick ? ' (--quick)' : ''}: building dist/ …`);
@@ -181,11 +203,13 @@ async function main(): Promise<void> {
     const direct = await runLoad({ port: sink.port, sessions: P.sessions, reuse: true, warmupMs: P.warmupMs, measureMs: P.measureMs, envelope, payload: small });
     info.reference = { msgPerSec: direct.messages / direct.seconds, errors: direct.errors };
 
-    const configs = [
-      { name: 'unsigned', label: 'unsigned pass-through (SMIME_RELAY_SIGNING=off)', env: { SMIME_RELAY_SIGNING: 'off' } },
-      { name: 'openssl', label: 'openssl engine (SMIME_RELAY_ENGINE=openssl)', env: { SMIME_RELAY_ENGINE: 'openssl' } },
-      { name: 'native', label: 'native engine (SMIME_RELAY_ENGINE=native)', env: { SMIME_RELAY_ENGINE: 'native' } },
-    ] as const;
+    const token = await tokenConfig(work, leaf, pki);
+    const configs: { name: ConfigResult['name']; label: string; env: Record<string, string>; large: boolean }[] = [
+      { name: 'unsigned', label: 'unsigned pass-through (SMIME_RELAY_SIGNING=off)', env: { SMIME_RELAY_SIGNING: 'off' }, large: true },
+      { name: 'openssl', label: 'openssl engine (SMIME_RELAY_ENGINE=openssl)', env: { SMIME_RELAY_ENGINE: 'openssl' }, large: true },
+      { name: 'native', label: 'native engine (SMIME_RELAY_ENGINE=native)', env: { SMIME_RELAY_ENGINE: 'native' }, large: true },
+      ...(token ? [{ name: 'native-token' as const, label: 'native engine, key on a SoftHSM2 token (SMIME_RELAY_PKCS11_*)', env: { SMIME_RELAY_ENGINE: 'native', ...token }, large: false }] : []),
+    ];
     for (const c of configs) {
       const t = performance.now();
       let seq = 0;
@@ -207,9 +231,11 @@ async function main(): Promise<void> {
       } finally {
         await relay.stop();
       }
-      result.large1 = await measureLarge(start, 1, large, small);
-      result.large10 = await measureLarge(start, P.largeConcurrent, large, small);
-      log(`  25 MB: 1 → peak RSS ${(result.large1.peakHwm / 2 ** 20).toFixed(0)} MiB; ${P.largeConcurrent} concurrent → ${(result.large10.peakHwm / 2 ** 20).toFixed(0)} MiB (${since(t)})`);
+      if (c.large) {
+        result.large1 = await measureLarge(start, 1, large, small);
+        result.large10 = await measureLarge(start, P.largeConcurrent, large, small);
+        log(`  25 MB: 1 → peak RSS ${(result.large1.peakHwm / 2 ** 20).toFixed(0)} MiB; ${P.largeConcurrent} concurrent → ${(result.large10.peakHwm / 2 ** 20).toFixed(0)} MiB (${since(t)})`);
+      }
       results.push(result);
     }
 

@@ -2,6 +2,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { openAccess } from './access/open.js';
 import { DEV_MAILBOX, ensureDevCertificate } from './certs/dev.js';
+import { RevocationMonitor } from './certs/revocation/monitor.js';
 import { openCertificateStore, type CertificateStore } from './certs/store.js';
 import { settings, type Config, type SettingKey } from './config/settings.js';
 import { ConfigError } from './config/load.js';
@@ -13,6 +14,7 @@ import { Pipeline } from './pipeline.js';
 import { checkOpensslVersion } from './signing/openssl-version.js';
 import { createEngine } from './signing/create.js';
 import type { SigningEngine } from './signing/engine.js';
+import { tokenFromConfig } from './signing/pkcs11/from-config.js';
 import { greetingDelay } from './smtp/greeting.js';
 import { createReceiver } from './smtp/server.js';
 import { SessionPolicy } from './smtp/sessions.js';
@@ -100,21 +102,49 @@ export interface SigningPath {
   readonly engine: SigningEngine;
   readonly upstream: Upstream;
   readonly pipeline: Pipeline;
+  /** Metrics of this path; SMIME_RELAY_METRICS unset (as for `canary --once`) makes every hook a no-op. */
+  readonly observability: Observability;
   close(): Promise<void>;
 }
 
 /** The name the user gave each setting, for error messages (default: the SMIME_RELAY_* name). */
 const settingNames = (internals: RelayInternals) => (key: SettingKey): string => internals.names?.[key] ?? settings[key].env;
 
-export function openSigningPath(config: Config, log: Logger, observability: Observability, internals: RelayInternals = {}): SigningPath {
+/**
+ * Certificates (with their keys, on disk or on a PKCS#11 token, and their revocation status),
+ * the signing engine, the upstream and the pipeline over them. Resolves once the first
+ * revocation status of every certificate is known, so the first message is judged like the rest.
+ */
+export async function openSigningPath(config: Config, log: Logger, internals: RelayInternals = {}): Promise<SigningPath> {
   const name = settingNames(internals);
-  const certs = openCertificateStore({
-    path: resolveCertificatePath(config, log, name),
-    setting: config.cert ? name('cert') : undefined,
-    passwordFile: config.certPasswordFile,
-    log,
-    onReloadFailure: () => observability.reloadFailure(),
+  // Keys on a PKCS#11 token with an engine that cannot use them, or without the binding, stop the start.
+  const token = tokenFromConfig(config, log);
+  const revocation =
+    config.revocation === 'off'
+      ? undefined
+      : new RevocationMonitor({ mode: config.revocation, intervalMs: config.revocationInterval, log, onCheckFailure: () => observability.revocationCheckFailure() });
+  const observability = new Observability(config.metrics, {
+    canary: config.canaryTo !== undefined,
+    revoked: revocation && ((b) => revocation.status(b)?.state === 'revoked'),
   });
+  let certs: CertificateStore;
+  try {
+    certs = openCertificateStore({
+      path: resolveCertificatePath(config, log, name),
+      setting: config.cert ? name('cert') : undefined,
+      passwordFile: config.certPasswordFile,
+      log,
+      onReloadFailure: () => observability.reloadFailure(),
+      keys: token,
+      revocation,
+    });
+    // The first status of every certificate is known before the first message (each request is bounded by its timeout).
+    await revocation?.ready();
+  } catch (e) {
+    revocation?.close();
+    token?.close();
+    throw e;
+  }
   const created = createEngine(config, internals.openssl);
   const engine = internals.wrapEngine ? internals.wrapEngine(created) : created;
   const upstream = createUpstream(config, log, dkimSigningFrom(config));
@@ -123,7 +153,15 @@ export function openSigningPath(config: Config, log: Logger, observability: Obse
     engine,
     upstream,
     log,
-    options: { lmtp: config.lmtp, signing: config.signing, headerProtection: config.headerProtection, onMissingCert: config.onMissingCert, stripDkim: config.stripDkim, selfVerify: config.selfVerify, envelopeSenders: config.envelopeSenders },
+    options: {
+      lmtp: config.lmtp,
+      signing: config.signing,
+      headerProtection: config.headerProtection,
+      onMissingCert: config.onMissingCert,
+      stripDkim: config.stripDkim,
+      selfVerify: config.selfVerify,
+      envelopeSenders: config.envelopeSenders,
+    },
     metrics: observability.metrics,
   });
   return {
@@ -131,10 +169,13 @@ export function openSigningPath(config: Config, log: Logger, observability: Obse
     engine,
     upstream,
     pipeline,
+    observability,
     async close() {
       await upstream.close();
       await engine.close();
       certs.close();
+      revocation?.close();
+      token?.close();
     },
   };
 }
@@ -144,10 +185,9 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
   const access = await openAccess(config, log);
   // Before anything is opened: a missing or pre-3.0 openssl is a start-up error, not 451 on every message.
   if (config.engine === 'openssl') log.debug({ openssl: checkOpensslVersion(internals.openssl) }, 'openssl found');
-  const observability = new Observability(config.metrics, { canary: config.canaryTo !== undefined });
   const name = settingNames(internals);
-  const path = openSigningPath(config, log, observability, internals);
-  const { certs, engine, upstream, pipeline } = path;
+  const path = await openSigningPath(config, log, internals);
+  const { certs, engine, upstream, pipeline, observability } = path;
   let canary: Canary | undefined;
   try {
     canary = createCanary(config, { pipeline, certs, log, reporter: observability });

@@ -152,7 +152,7 @@ export const replies = {
   certificateUnavailable: (mailbox: string, reason: string): SmtpReply => ({
     code: 451,
     status: '4.7.1',
-    text: `Certificate for <${mailbox}> is not usable (${reason}); try again after it is renewed`,
+    text: `Certificate for <${mailbox}> is not usable (${reason}); try again after it is renewed or fixed`,
     outcome: 'sign_error',
   }),
   messageTooBig: (limit: number): SmtpReply => ({

@@ -4,7 +4,9 @@ import { readFileSync, readdirSync, realpathSync, statSync, type Stats } from 'n
 import { extname, join } from 'node:path';
 import * as asn1js from 'asn1js';
 import type { Mailbox } from '../mime/mailbox.js';
-import { assembleBundle, certificateMailboxes, pemBlocks, type CertificateBundle } from './bundle.js';
+import type { KeySource, SigningKey } from '../signing/key.js';
+import { TokenError } from '../signing/pkcs11/token-error.js';
+import { assembleBundle, bundleOf, certificateMailboxes, pemBlocks, type CertificateBundle } from './bundle.js';
 import { error, warning, type Finding } from './findings.js';
 import { validateLeaf, type CertificateDetails } from './validate.js';
 
@@ -36,6 +38,8 @@ export interface LoadOptions {
   openssl?: string;
   /** The setting the path came from, as the user named it (TATTLER_EMAIL_SMIME_CERT…); default SMIME_RELAY_CERT. */
   setting?: string;
+  /** Where a certificate without a private key in its file finds one (SMIME_RELAY_PKCS11_*). */
+  keys?: KeySource;
 }
 
 export interface PathLoad {
@@ -299,13 +303,14 @@ function loadPemText(source: string, text: string, opts: LoadOptions, perm: Retu
   if (certs.length === 0 && !findings.some((f) => f.code === 'bad-cert')) {
     findings.push(error('no-cert', `'${source}' has no certificate: I need a PEM file that includes 'BEGIN PRIVATE KEY' and 'BEGIN CERTIFICATE' sections. Append the certificate your CA issued, then the intermediate(s): cat key.pem cert.pem chain.pem > bundle.pem`));
   }
-  if (keyBlocks.length === 0) {
-    findings.push(error('no-key', `'${source}' has no private key: I need a PEM file that includes 'BEGIN PRIVATE KEY' and 'BEGIN CERTIFICATE' sections. Put the private key you generated the request with into the same file: cat key.pem cert.pem chain.pem > bundle.pem`));
+  if (keyBlocks.length === 0 && !opts.keys) {
+    findings.push(error('no-key', `'${source}' has no private key: I need a PEM file that includes 'BEGIN PRIVATE KEY' and 'BEGIN CERTIFICATE' sections. Put the private key you generated the request with into the same file: cat key.pem cert.pem chain.pem > bundle.pem (or, if the key is on a PKCS#11 token, set SMIME_RELAY_PKCS11_MODULE, _TOKEN and _PIN_FILE).`));
   }
   if (keyBlocks.length > 1) {
     findings.push(error('several-keys', `'${source}' holds ${keyBlocks.length} private keys; a bundle holds exactly one. In a directory, give each certificate its own file.`));
   }
   if (findings.some((f) => f.severity === 'error')) return fail();
+  if (keyBlocks.length === 0) return loadWithTokenKey(source, format, certs, guessLeaf!, opts.keys!, findings);
 
   const keyBlock = keyBlocks[0]!;
   const encrypted = keyBlock.label === 'ENCRYPTED PRIVATE KEY' || /Proc-Type:\s*4,ENCRYPTED/.test(keyBlock.text);
@@ -359,6 +364,47 @@ function loadPemText(source: string, text: string, opts: LoadOptions, perm: Retu
     details,
     findings,
     permissions: perm.verdict,
+  };
+}
+
+/**
+ * A file with certificates and no private key, paired with the key on the token whose public key
+ * is the leaf's. The leaf is the certificate that has such a key: the one naming a mailbox is
+ * tried first, so a missing key is reported for it rather than for an intermediate.
+ */
+function loadWithTokenKey(source: string, format: 'pem' | 'pkcs12', certs: X509Certificate[], guessLeaf: X509Certificate, keys: KeySource, findings: Finding[]): LoadedBundle {
+  // Certificates are public: the file's permissions only matter when it holds a key.
+  const own = findings.filter((f) => f.code !== 'permissions');
+  const permissions = { ok: true, text: `not checked: the file holds no private key (the key is on the ${keys.description})` };
+  let found: { leaf: X509Certificate; key: SigningKey; warnings: string[] } | undefined;
+  let refusal: TokenError | undefined;
+  for (const cert of [guessLeaf, ...certs.filter((c) => c !== guessLeaf)]) {
+    try {
+      found = { leaf: cert, ...keys.keyFor(cert) };
+      break;
+    } catch (e) {
+      if (!(e instanceof TokenError)) throw e;
+      refusal ??= e;
+      // Only "no key for this certificate" can differ from one certificate to the next.
+      if (e.code !== 'token-no-key') break;
+    }
+  }
+  if (!found) {
+    own.push(error(refusal!.code, `'${source}' holds no private key, and the ${keys.description} cannot provide it: ${refusal!.message}.`));
+    return failed(source, format, own, certificateMailboxes(guessLeaf), permissions);
+  }
+  for (const w of found.warnings) own.push(warning('permissions', w));
+  const bundle = bundleOf(source, found.key, found.leaf, certs);
+  const { findings: leafFindings, details } = validateLeaf(source, found.leaf.publicKey, bundle.leaf, bundle.chain, bundle.mailboxes.length);
+  own.push(...leafFindings);
+  return {
+    source,
+    format,
+    bundle: own.some((f) => f.severity === 'error') ? undefined : bundle,
+    mailboxes: bundle.mailboxes,
+    details,
+    findings: own,
+    permissions,
   };
 }
 

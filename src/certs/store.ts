@@ -2,10 +2,12 @@ import { watch, realpathSync, statSync, type FSWatcher } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import type { Mailbox } from '../mime/mailbox.js';
+import type { KeySource } from '../signing/key.js';
 import { describeForLog, type CertificateBundle } from './bundle.js';
 import { expiryWarnings } from './expiry.js';
 import { CertificateError, type Finding } from './findings.js';
 import { loadPath, pathSignature, type LoadedBundle } from './load.js';
+import type { RevocationGate } from './revocation/monitor.js';
 import { validityFindings } from './validate.js';
 
 /** What the store knows about a mailbox at the moment a message needs signing. */
@@ -44,6 +46,10 @@ export interface CertificateStoreOptions {
   /** After a failed reload, look again this much later before calling it an error: `ln -sf` and `cp` leave short gaps. Default 500 ms. */
   settleMs?: number;
   openssl?: string;
+  /** Where certificates without a private key in their file find it: a PKCS#11 token. */
+  keys?: KeySource;
+  /** Revocation of the loaded certificates (SMIME_RELAY_REVOCATION); a refused one is `unavailable`. */
+  revocation?: RevocationGate;
 }
 
 interface SourceState {
@@ -148,7 +154,8 @@ class WatchedStore implements CertificateStore {
     const entry = this.index.get(mailbox);
     if (!entry) return { kind: 'unknown' };
     const now = this.now();
-    const valid = entry.good.filter((b) => within(b, now)).sort((a, b) => b.notAfter.getTime() - a.notAfter.getTime());
+    const refusal = (b: CertificateBundle) => this.opts.revocation?.refusal(b);
+    const valid = entry.good.filter((b) => within(b, now) && !refusal(b)).sort((a, b) => b.notAfter.getTime() - a.notAfter.getTime());
     const best = valid[0];
     if (best) {
       if (valid.length > 1 && this.chosen.get(mailbox) !== best.serial) {
@@ -161,7 +168,9 @@ class WatchedStore implements CertificateStore {
     const reasons = entry.good.map((b) =>
       now < b.notBefore
         ? `the certificate for ${mailbox} (serial ${b.serial}) is not valid before ${b.notBefore.toISOString()}`
-        : `the certificate for ${mailbox} (serial ${b.serial}) expired on ${b.notAfter.toISOString()}`,
+        : now > b.notAfter
+          ? `the certificate for ${mailbox} (serial ${b.serial}) expired on ${b.notAfter.toISOString()}`
+          : `the certificate for ${mailbox} (serial ${b.serial}): ${refusal(b)}`,
     );
     if (entry.good.length === 0) reasons.push(...entry.broken.map(() => `the certificate configured for ${mailbox} cannot be loaded`));
     return { kind: 'unavailable', reason: [...new Set(reasons)].join('; ') };
@@ -186,7 +195,7 @@ class WatchedStore implements CertificateStore {
     const signature = pathSignature(path, passwordFile);
     if ((trigger === 'watch' || trigger === 'use') && signature === this.signature) return;
 
-    const result = loadPath(path, { passwordFile, openssl: this.opts.openssl, setting: this.opts.setting });
+    const result = loadPath(path, { passwordFile, openssl: this.opts.openssl, setting: this.opts.setting, keys: this.opts.keys });
     const failing = result.entries.some((e) => !e.bundle);
     const vanished = [...this.sources.keys()].filter((s) => !result.entries.some((e) => e.source === s));
     // A file that changed while it was read may be torn even when it parses (a write that stopped
@@ -288,6 +297,7 @@ class WatchedStore implements CertificateStore {
       }
     }
     this.index = index;
+    this.opts.revocation?.track([...this.sources.values()].flatMap((st) => st.loaded.map((l) => l.bundle!)));
   }
 
   /** Watches the directory holding the path and the one holding its target (renames replace inodes). */

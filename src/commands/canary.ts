@@ -2,7 +2,6 @@ import type { Logger } from 'pino';
 import { openSigningPath } from '../app.js';
 import { createCanary } from '../canary/setup.js';
 import type { Config } from '../config/settings.js';
-import { Observability } from '../metrics/observability.js';
 import { checkOpensslVersion } from '../signing/openssl-version.js';
 import { render } from './diagnose.js';
 
@@ -26,7 +25,8 @@ export async function canaryOnce(config: Config, log: Logger, out: (s: string) =
     return 2;
   }
   if (config.engine === 'openssl') checkOpensslVersion();
-  const path = openSigningPath(config, log, new Observability(undefined));
+  // One round and exit: no metrics listener.
+  const path = await openSigningPath({ ...config, metrics: undefined }, log);
   try {
     const canary = createCanary(config, { pipeline: path.pipeline, certs: path.certs, log })!;
     const outcome = await canary.runOnce();

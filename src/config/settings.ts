@@ -52,6 +52,25 @@ const millis = z
   .regex(/^\d+$/, 'expected a whole number of milliseconds')
   .transform(Number);
 
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+/**
+ * A duration as people write it: 90s, 30m, 6h, 1h30m, 1d; in milliseconds, from 1 s to 7 days
+ * (which Node's timers can still wait).
+ */
+const duration = z.string().transform((s, ctx) => {
+  const v = s.trim().toLowerCase();
+  let total = 0;
+  const rest = v.replace(/(\d+)(ms|s|m|h|d)/g, (_, n: string, unit: string) => {
+    total += Number(n) * DURATION_UNITS[unit]!;
+    return '';
+  });
+  if (!v || rest !== '' || total < 1000 || total > 7 * 86_400_000) {
+    ctx.addIssue({ code: 'custom', message: `expected a duration such as 90s, 30m or 1h (from 1s to 7d), got '${s}'` });
+    return z.NEVER;
+  }
+  return total;
+});
+
 const positiveInt = z
   .string()
   .regex(/^[1-9]\d*$/, 'expected a positive whole number')
@@ -103,22 +122,6 @@ const upstreamUrl = z.string().transform((s, ctx) => {
 export type UpstreamTarget = z.output<typeof upstreamUrl>;
 
 const text = z.string().transform((s) => s.trim());
-
-/** A duration as people write it: 90s, 30m, 1h, 1h30m, 2d; in milliseconds. */
-const duration = z.string().transform((s, ctx) => {
-  const v = s.trim().toLowerCase();
-  const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-  let total = 0;
-  const rest = v.replace(/(\d+)(ms|s|m|h|d)/g, (_, n: string, unit: string) => {
-    total += Number(n) * units[unit]!;
-    return '';
-  });
-  if (!v || rest !== '' || total <= 0) {
-    ctx.addIssue({ code: 'custom', message: `expected a duration such as 90s, 30m or 1h, got '${s}'` });
-    return z.NEVER;
-  }
-  return total;
-});
 
 /** imaps://user:pass@host[:993]/MAILBOX, or imap://… where STARTTLS is then required. */
 const imapUrl = z.string().transform((s, ctx) => {
@@ -304,6 +307,47 @@ export const settings = {
     doc: 'File whose first line is the passphrase of an encrypted private key or a PKCS#12 file. Keep it mode 0600.',
     parse: text,
   },
+  pkcs11Module: {
+    key: 'pkcs11Module',
+    env: 'SMIME_RELAY_PKCS11_MODULE',
+    flag: '--pkcs11-module',
+    default: undefined,
+    defaultText: '(unset: keys come from the certificate files)',
+    doc: "Path of the PKCS#11 module of the token that holds the private keys, e.g. /usr/lib/softhsm/libsofthsm2.so. A certificate file without a private key (certificate and chain, PEM) is then paired with the token's private key whose public key matches. Native engine only; needs the optional pkcs11js binding (see Certificates). Set together with SMIME_RELAY_PKCS11_TOKEN and SMIME_RELAY_PKCS11_PIN_FILE.",
+    parse: text,
+  },
+  pkcs11Token: {
+    key: 'pkcs11Token',
+    env: 'SMIME_RELAY_PKCS11_TOKEN',
+    flag: '--pkcs11-token',
+    default: undefined,
+    doc: 'Label of the PKCS#11 token that holds the keys.',
+    parse: text,
+  },
+  pkcs11PinFile: {
+    key: 'pkcs11PinFile',
+    env: 'SMIME_RELAY_PKCS11_PIN_FILE',
+    flag: '--pkcs11-pin-file',
+    default: undefined,
+    doc: "File whose first line is the token's user PIN. Keep it mode 0600. A PIN the token refused is not tried again until the file changes (send SIGHUP after fixing it), so the relay never locks the token.",
+    parse: text,
+  },
+  revocation: {
+    key: 'revocation',
+    env: 'SMIME_RELAY_REVOCATION',
+    flag: '--revocation',
+    default: 'soft',
+    doc: "Check whether the relay's own certificates were revoked: OCSP (the responder in the certificate's AIA), else its CRL distribution point; at load, every SMIME_RELAY_REVOCATION_INTERVAL, and when the responder's answer expires. A revoked certificate stops signing unless off: its mail gets 451 4.7.1. soft: a responder that cannot be reached is a warning and signing goes on. hard: it is treated like revoked. off: no checks.",
+    parse: oneOf(['off', 'soft', 'hard'] as const),
+  },
+  revocationInterval: {
+    key: 'revocationInterval',
+    env: 'SMIME_RELAY_REVOCATION_INTERVAL',
+    flag: '--revocation-interval',
+    default: '6h',
+    doc: "How often the revocation status is checked again (30s, 15m, 6h, 1d; at most 7d); sooner when the responder's nextUpdate says its answer expires earlier. A failed check is retried within 5 minutes.",
+    parse: duration,
+  },
   onMissingCert: {
     key: 'onMissingCert',
     env: 'SMIME_RELAY_ON_MISSING_CERT',
@@ -390,7 +434,7 @@ export const settings = {
     env: 'SMIME_RELAY_ENGINE',
     flag: '--engine',
     default: 'native',
-    doc: 'native: sign in-process (Node crypto, CMS SignedData with the same signed attributes as openssl; passes the three-verifier interop suite). openssl: run `openssl cms -sign` per message (the reference; also the way to use keys held by OpenSSL providers such as PKCS#11 tokens).',
+    doc: 'native: sign in-process (Node crypto or a PKCS#11 token, CMS SignedData with the signed attributes of RFC 8551 §2.5; passes the three-verifier interop suite). openssl: run `openssl cms -sign -cades` per message (the reference; keys from files only, so it refuses to start with SMIME_RELAY_PKCS11_MODULE).',
     parse: oneOf(['native', 'openssl'] as const),
   },
   selfVerify: {

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { CanaryResult } from '../canary/canary.js';
+import type { CertificateBundle } from '../certs/bundle.js';
 import type { CertificateStore } from '../certs/store.js';
 import type { Upstream } from '../upstream/upstream.js';
 import { listenFailure } from '../startup-error.js';
@@ -37,7 +38,12 @@ export class Observability {
 
   constructor(
     private readonly listen: { host: string; port: number } | undefined,
-    opts: { canary?: boolean } = {},
+    opts: {
+      /** SMIME_RELAY_CANARY_TO is set: the canary metrics exist. */
+      canary?: boolean;
+      /** Feeds smime_relay_certificate_revoked; left out when revocation checks are off. */
+      revoked?: (bundle: CertificateBundle) => boolean;
+    } = {},
   ) {
     this.prometheus = listen
       ? createPrometheusMetrics({
@@ -45,6 +51,7 @@ export class Observability {
           connections: () => this.deps?.connections() ?? 0,
           canary: opts.canary,
           stress: () => this.deps?.stress() ?? false,
+          revoked: opts.revoked,
         })
       : undefined;
     this.metrics = this.prometheus ?? noMetrics;
@@ -55,6 +62,8 @@ export class Observability {
 
   /** For the certificate store's onReloadFailure. */
   readonly reloadFailure = (): void => this.prometheus?.reloadFailure();
+  /** For the revocation monitor's onCheckFailure. */
+  readonly revocationCheckFailure = (): void => this.prometheus?.revocationCheckFailure();
 
   /** The bound address of the metrics listener, once serving. */
   get address(): { host: string; port: number } | undefined {

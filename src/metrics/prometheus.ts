@@ -13,6 +13,8 @@ export interface PrometheusMetricsOptions {
   canary?: boolean;
   /** Stress mode is on, read at every scrape. */
   stress: () => boolean;
+  /** Whether a certificate is known to be revoked; undefined when revocation checks are off. Read at every scrape. */
+  revoked?: (bundle: CertificateBundle) => boolean;
   now?: () => Date;
 }
 
@@ -20,6 +22,7 @@ export interface PrometheusMetrics extends RelayMetrics, CanaryReporter {
   /** One registry per relay, so several relays in one process (tests) keep separate counts. */
   readonly registry: Registry;
   reloadFailure(): void;
+  revocationCheckFailure(): void;
 }
 
 export function createPrometheusMetrics(opts: PrometheusMetricsOptions): PrometheusMetrics {
@@ -70,6 +73,28 @@ export function createPrometheusMetrics(opts: PrometheusMetricsOptions): Prometh
   const reloadFailures = new Counter({
     name: 'smime_relay_certificate_reload_failures_total',
     help: 'Changed certificate files that could not be used (the previous certificate stayed in service).',
+    registers,
+  });
+
+  if (opts.revoked) {
+    const revoked = opts.revoked;
+    new Gauge({
+      name: 'smime_relay_certificate_revoked',
+      help: 'Per loaded certificate and mailbox: 1 when its issuer says it is revoked (it no longer signs), else 0.',
+      labelNames: ['mailbox', 'serial'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const b of opts.certificates()) {
+          for (const mailbox of b.mailboxes) this.set({ mailbox, serial: b.serial }, revoked(b) ? 1 : 0);
+        }
+      },
+    });
+  }
+
+  const revocationCheckFailures = new Counter({
+    name: 'smime_relay_revocation_check_failures_total',
+    help: 'Revocation checks that got no usable answer (responder unreachable, invalid or unknown answer).',
     registers,
   });
 
@@ -124,5 +149,6 @@ export function createPrometheusMetrics(opts: PrometheusMetricsOptions): Prometh
     size: (bytes) => sizes.observe(bytes),
     refusedRecipients: (count) => refusedRecipients.inc(count),
     reloadFailure: () => reloadFailures.inc(),
+    revocationCheckFailure: () => revocationCheckFailures.inc(),
   };
 }

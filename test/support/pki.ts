@@ -31,6 +31,8 @@ export interface LeafOptions {
   encryptKeyWithPassword?: string;
   /** Key written as 'BEGIN RSA PRIVATE KEY' / 'BEGIN EC PRIVATE KEY' in keyPath and in the bundle. */
   traditionalKey?: boolean;
+  /** More extension lines in openssl's config syntax, e.g. `authorityInfoAccess = OCSP;URI:http://…`. */
+  extensions?: string[];
 }
 
 export interface Leaf {
@@ -54,6 +56,9 @@ export interface TestPki {
   intermediateCertPath: string;
   /** Intermediate then root, PEM. */
   chainPath: string;
+  /** The intermediate's key, and the openssl config whose CA_DB environment variable names an `openssl ca` database directory. */
+  intermediateKeyPath: string;
+  configPath: string;
   /** Issues a leaf signed by the intermediate. */
   issueLeaf(name: string, opts?: LeafOptions): Promise<Leaf>;
   cleanup(): Promise<void>;
@@ -319,6 +324,7 @@ export async function createTestPki(opts: PkiOptions = {}): Promise<TestPki> {
     if (keyUsage !== null) ext.push(`keyUsage = ${keyUsage}`);
     if (eku !== null) ext.push(`extendedKeyUsage = ${eku}`);
     if (emails.length > 0) ext.push(`subjectAltName = ${emails.map((e) => `email:${e}`).join(',')}`);
+    ext.push(...(o.extensions ?? []));
     await writeFile(lf('leaf.ext'), ext.join('\n') + '\n');
 
     const certPath = lf('cert.pem');
@@ -373,6 +379,8 @@ export async function createTestPki(opts: PkiOptions = {}): Promise<TestPki> {
     rootCertPath,
     intermediateCertPath,
     chainPath,
+    intermediateKeyPath: f('intermediate.key'),
+    configPath,
     issueLeaf,
     async cleanup() {
       closed = true;
