@@ -72,7 +72,9 @@ async function expectSignsVerifiably(cwd: string, port: number, subject: string)
   const raw = Buffer.from(`From: ${DEV}\r\nTo: you@example.com\r\nSubject: ${subject}\r\n\r\nhello\r\n`);
   const r = await sendMessage(port, DEV, ['you@example.com'], raw);
   expect(r.final?.code, r.final?.text).toBe(250);
-  const path = /queued as (\S+\.eml)/.exec(r.final!.text)![1]!;
+  // The reply names the outbox file by its id only (no local paths in replies); it lands in outbox/.
+  const id = /queued as (\S+)/.exec(r.final!.text)![1]!;
+  const path = join(cwd, 'outbox', `${id}.eml`);
   const v = spawnSync('openssl', ['cms', '-verify', '-in', path, '-CAfile', join(cwd, 'certs/dev/ca.crt'), '-purpose', 'smimesign', '-out', '/dev/null'], { encoding: 'utf8' });
   expect(v.status, v.stderr).toBe(0);
 }
