@@ -1,4 +1,5 @@
-/** Figures of one benchmark run, the targets of issue 7, and the Markdown that bench/results/latest.md holds. */
+/** Figures of one benchmark run, the targets of issues 7 and 12, and the Markdown that bench/results/latest.md holds. */
+import { median, type SelfVerifyCost } from './self-verify.js';
 
 export interface Measured {
   msgPerSec: number;
@@ -30,7 +31,7 @@ export interface LargeResult {
 }
 
 export interface ConfigResult {
-  name: 'unsigned' | 'openssl' | 'native';
+  name: 'unsigned' | 'openssl' | 'native' | 'native-token';
   label: string;
   idleRss: number;
   afterLoad: { rss: number; hwm: number };
@@ -169,7 +170,7 @@ export function eightBitTargets(runs: { name: string; one?: EightBitRun; many?: 
   ];
 }
 
-export function evaluateTargets(results: ConfigResult[], largeSize: number): Target[] {
+export function evaluateTargets(results: ConfigResult[], largeSize: number, selfVerify?: SelfVerifyCost): Target[] {
   const by = (name: ConfigResult['name']) => results.find((r) => r.name === name);
   const unsigned = by('unsigned');
   const openssl = by('openssl');
@@ -192,6 +193,14 @@ export function evaluateTargets(results: ConfigResult[], largeSize: number): Tar
     target: '≥ 0.09 × unsigned pass-through',
     measured: `${f2(opensslRatio)} × (${f0(openssl?.reused.msgPerSec ?? NaN)} msg/s)`,
     pass: check(opensslRatio, (v) => v >= 0.09, clean(openssl?.reused, unsigned?.reused)),
+  });
+  const token = by('native-token');
+  const tokenRatio = ratio(token?.reused, native?.reused);
+  targets.push({
+    figure: 'native engine with the key on a SoftHSM token (PKCS#11), 2 KB, 20 sessions',
+    target: '≥ 0.5 × the native engine with the key from the file',
+    measured: token ? `${f2(tokenRatio)} × (${f0(token.reused.msgPerSec)} vs ${f0(native?.reused.msgPerSec ?? NaN)} msg/s)` : 'not measured (SoftHSM or the pkcs11js binding is missing)',
+    pass: check(tokenRatio, (v) => v >= 0.5, clean(token?.reused, native?.reused)),
   });
   const greetingMedian = percentile(native?.greetings ?? [], 50);
   targets.push({
@@ -232,14 +241,30 @@ export function evaluateTargets(results: ConfigResult[], largeSize: number): Tar
   });
   // issue 10: bounded memory, nothing lost
   targets.push(...eightBitTargets(results.map((r) => ({ name: r.name, ...r.eightBit }))));
+  if (selfVerify) {
+    const cost = selfVerifyCostOf(selfVerify);
+    targets.push({
+      figure: 'self-verification cost, native engine, 2 KB, 20 sessions (issue 12)',
+      target: '≤ 5 % of native signed throughput',
+      measured: `${f1(cost.throughput * 100)} % (median ${f0(median(selfVerify.on.msgPerSec))} on vs ${f0(median(selfVerify.off.msgPerSec))} off msg/s over ${selfVerify.rounds} alternating rounds; relay CPU ${f1(cost.cpu * 100)} %; in-process ${f0(selfVerify.inProcess.verifyUs)} µs to verify vs ${f0(selfVerify.inProcess.signUs)} µs to sign)`,
+      pass: check(cost.throughput, (v) => v <= 0.05, selfVerify.on.errors === 0 && selfVerify.off.errors === 0),
+    });
+  }
   return targets;
+}
+
+/** Throughput lost and relay CPU added by the check, as fractions of the figures without it. */
+export function selfVerifyCostOf(sv: SelfVerifyCost): { throughput: number; cpu: number } {
+  const on = median(sv.on.msgPerSec);
+  const off = median(sv.off.msgPerSec);
+  return { throughput: 1 - on / off, cpu: median(sv.on.cpuMsPerMsg) / median(sv.off.cpuMsPerMsg) - 1 };
 }
 
 function latencyCells(m: Measured): string {
   return `${f1(percentile(m.latencies, 50))} | ${f1(percentile(m.latencies, 95))} | ${f1(percentile(m.latencies, 99))}`;
 }
 
-export function renderReport(info: RunInfo, results: ConfigResult[], targets: Target[]): string {
+export function renderReport(info: RunInfo, results: ConfigResult[], targets: Target[], selfVerify?: SelfVerifyCost): string {
   const m = info.machine;
   const by = (name: ConfigResult['name']) => results.find((r) => r.name === name);
   const u = by('unsigned')?.reused.msgPerSec ?? NaN;
@@ -258,10 +283,16 @@ export function renderReport(info: RunInfo, results: ConfigResult[], targets: Ta
   out.push(`- The **native engine** signs at **${f2(n / u)} ×** the throughput of unsigned pass-through (${f0(n)} vs ${f0(u)} msg/s, 2 KB, 20 sessions, reused connections).`);
   out.push(`- The **openssl engine** (one \`openssl cms\` process per message) reaches **${f2(o / u)} ×** (${f0(o)} msg/s); the native engine is **${f1(n / o)} ×** faster.`);
   out.push(`- **One new connection per message** (native engine) runs at **${f2(nNew / n)} ×** the reused-connection figure: there is no greeting delay for loopback clients (connect→220 median ${f2(percentile(by('native')?.greetings ?? [], 50))} ms; smtp-server alone waits 100 ms).`);
+  const t = by('native-token')?.reused.msgPerSec;
+  if (t !== undefined) out.push(`- With the **key on a PKCS#11 token** (SoftHSM2, signing through the token's asynchronous C_Sign) the native engine signs at **${f2(t / n)} ×** its throughput with the key from the file (${f0(t)} vs ${f0(n)} msg/s).`);
   const l10 = by('native')?.large10;
   if (l10) out.push(`- **${l10.n} concurrent 25 MB messages** (native engine) peak at **${mib(l10.peakHwm)}** RSS, ${f1((l10.peakHwm - l10.baselineRss) / l10.n / l10.size)} × the size per in-flight message.`);
+  if (selfVerify) {
+    const cost = selfVerifyCostOf(selfVerify);
+    out.push(`- **Self-verification** (on by default) costs **${f1(cost.throughput * 100)} %** of native signed throughput (median ${f0(median(selfVerify.on.msgPerSec))} vs ${f0(median(selfVerify.off.msgPerSec))} msg/s) and ${f1(cost.cpu * 100)} % relay CPU; in-process the check takes ${f0(selfVerify.inProcess.verifyUs)} µs of CPU per 2 KB message against ${f0(selfVerify.inProcess.signUs)} µs to sign it.`);
+  }
   out.push('');
-  out.push('## Targets (issues 7 and 10)', '', '| figure | target | measured | result |', '|---|---|---|---|');
+  out.push('## Targets (issues 7, 10 and 12)', '', '| figure | target | measured | result |', '|---|---|---|---|');
   for (const t of targets) out.push(`| ${t.figure} | ${t.target} | ${t.measured} | ${t.pass === undefined ? 'n/a' : t.pass ? 'pass' : '**FAIL**'} |`);
   out.push('');
   out.push('## 2 KB messages, 20 sessions', '');
@@ -313,6 +344,15 @@ export function renderReport(info: RunInfo, results: ConfigResult[], targets: Ta
     out.push(...eightBitRows(results.map((r) => ({ name: r.name, ...r.eightBit }))));
     out.push('');
   }
+  if (selfVerify) {
+    out.push('## Self-verification: native engine, SMIME_RELAY_SELF_VERIFY on vs off', '');
+    out.push('| round | on: msg/s | off: msg/s | on: relay CPU ms/msg | off: relay CPU ms/msg |', '|---|---|---|---|---|');
+    for (let k = 0; k < selfVerify.rounds; k++) {
+      out.push(`| ${k + 1} | ${f0(selfVerify.on.msgPerSec[k]!)} | ${f0(selfVerify.off.msgPerSec[k]!)} | ${f2(selfVerify.on.cpuMsPerMsg[k]!)} | ${f2(selfVerify.off.cpuMsPerMsg[k]!)} |`);
+    }
+    out.push(`| median | ${f0(median(selfVerify.on.msgPerSec))} | ${f0(median(selfVerify.off.msgPerSec))} | ${f2(median(selfVerify.on.cpuMsPerMsg))} | ${f2(median(selfVerify.off.cpuMsPerMsg))} |`);
+    out.push('', `Both relays run at once; each round measures one after the other under the same load (2 KB, ${info.params.sessions} sessions, reused connections), the order alternating. In-process, one 2 KB message: ${f0(selfVerify.inProcess.signUs)} µs CPU to prepare, sign and wrap, ${f0(selfVerify.inProcess.verifyUs)} µs CPU to self-verify.`, '');
+  }
   out.push('## Machine', '');
   out.push(`- ${m.cores} cores (${m.cpu}), ${f1(m.memoryGiB)} GiB memory, Linux ${m.kernel}`);
   out.push(`- Node ${m.node}; ${m.openssl}; smtp-server ${m.smtpServer}`);
@@ -335,6 +375,7 @@ export function renderReport(info: RunInfo, results: ConfigResult[], targets: Ta
     `- Memory: a fresh relay per scenario; baseline VmRSS after one small message, peak VmHWM from /proc/PID/status after ${info.params.largeConcurrent} simultaneous connections each sent one ${f0(info.params.largeSize / 1e6)} MB message (a text part and a base64 attachment). "incl. openssl children" samples the relay plus its live children every 20 ms.`,
     '- smtp-source (Postfix) cross-checks throughput: `smtp-source [-d] -s 20 -m N -l 2048`, its message count sized to run about as long as a few seconds; msg/s from its wall time.',
     `- connect → 220: ${info.params.greetings} sequential connections to an idle relay, then the same figure for every new connection under load.`,
+    '- native-token: the same certificate with its key imported into a SoftHSM2 token in a temporary SOFTHSM2_CONF directory, the certificate file holding certificate and chain only (SMIME_RELAY_PKCS11_*). Its 25 MB runs are left out: the key is not involved in memory use.',
   );
   out.push('');
   return out.join('\n');

@@ -10,21 +10,26 @@ import { cpus, loadavg, release, tmpdir, totalmem, availableParallelism } from '
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createTestPki } from '../test/support/pki.js';
+import { createTestPki, type Leaf, type TestPki } from '../test/support/pki.js';
+import { createSoftHsm, missingForPkcs11 } from '../test/support/softhsm.js';
 import { buildRelay } from './build.js';
 import { eightBitMessage, largeMessage, smallMessage } from './messages.js';
 import { EIGHT_BIT, measureEightBit } from './memory.js';
 import { cpu, memory, runTimed, sampleTreeRss, SMTP_SOURCE, startRelay, startSink, type CpuSample, type Service } from './processes.js';
 import { dataPayload, measureGreetings, runLoad, sendConcurrently, type Envelope, type LoadResult } from './smtp-client.js';
 import { renderReport, evaluateTargets, type ConfigResult, type LargeResult, type Measured, type RunInfo } from './report.js';
+import { measureSelfVerifyCost, type SelfVerifyCost } from './self-verify.js';
 
 const HELP = `Usage: npm run bench [-- --quick] [-- --out FILE]
 
-Measures unsigned pass-through, the openssl engine and the native engine side by side:
+Measures unsigned pass-through, the openssl engine and the native engine side by side, the last
+also with its key on a SoftHSM2 token (PKCS#11) when softhsm2 and the pkcs11js binding are there:
 2 KB messages over 20 reused connections, one new connection per message (20 sessions),
 connect→220 times, peak RSS with one and with ten concurrent 25 MB messages, and with one
 and twelve concurrent 24 MiB messages of 8-bit text while small messages keep being sent
-(the memory budget; \`npm run bench:memory\` runs only that).
+(the memory budget; \`npm run bench:memory\` runs only that). Then the cost of
+self-verification: the native engine with SMIME_RELAY_SELF_VERIFY on and off, in alternating
+rounds, and the check timed in-process against signing.
 Relays run as child processes (node dist/cli.js serve, rebuilt first with tsc -p src);
 the sink is Postfix smtp-sink when installed; smtp-source cross-checks throughput.
 
@@ -150,6 +155,26 @@ async function measureLarge(start: () => Promise<Service>, n: number, payload: B
   }
 }
 
+/**
+ * The bench certificate's key on a SoftHSM2 token in the work directory, and the relay settings
+ * that use it; undefined (with the reason printed) when softhsm2 or the pkcs11js binding is missing.
+ */
+async function tokenConfig(work: string, leaf: Leaf, pki: TestPki): Promise<Record<string, string> | undefined> {
+  const missing = missingForPkcs11();
+  if (missing.length) {
+    log(`native-token: skipped, missing ${missing.join('; ')}`);
+    return undefined;
+  }
+  const hsm = createSoftHsm(join(work, 'softhsm'));
+  await hsm.initToken('bench', '1234');
+  await hsm.importKey('bench', '1234', leaf.keyPath, 'bench', '01');
+  const cert = join(work, 'token-cert.pem');
+  writeFileSync(cert, readFileSync(leaf.certPath, 'latin1') + readFileSync(pki.intermediateCertPath, 'latin1'));
+  const pin = join(work, 'token.pin');
+  writeFileSync(pin, '1234\n', { mode: 0o600 });
+  return { SOFTHSM2_CONF: hsm.conf, SMIME_RELAY_CERT: cert, SMIME_RELAY_PKCS11_MODULE: hsm.module, SMIME_RELAY_PKCS11_TOKEN: 'bench', SMIME_RELAY_PKCS11_PIN_FILE: pin };
+}
+
 async function main(): Promise<void> {
   const t0 = performance.now();
   log(`smime-relay benchmark${quick ? ' (--quick)' : ''}: building dist/ …`);
@@ -161,6 +186,7 @@ async function main(): Promise<void> {
   info.sink = sink.kind;
   info.loadGenerator = `own Node client (bench/smtp-client.ts)${existsSync(SMTP_SOURCE) ? ' + Postfix smtp-source as cross-check' : ''}`;
   const results: ConfigResult[] = [];
+  let selfVerify: SelfVerifyCost | undefined;
   let failed = true;
   try {
     const leaf = await pki.issueLeaf('bench', { emails: [FROM] });
@@ -174,11 +200,13 @@ async function main(): Promise<void> {
     const direct = await runLoad({ port: sink.port, sessions: P.sessions, reuse: true, warmupMs: P.warmupMs, measureMs: P.measureMs, envelope, payload: small });
     info.reference = { msgPerSec: direct.messages / direct.seconds, errors: direct.errors };
 
-    const configs = [
-      { name: 'unsigned', label: 'unsigned pass-through (SMIME_RELAY_SIGNING=off)', env: { SMIME_RELAY_SIGNING: 'off' } },
-      { name: 'openssl', label: 'openssl engine (SMIME_RELAY_ENGINE=openssl)', env: { SMIME_RELAY_ENGINE: 'openssl' } },
-      { name: 'native', label: 'native engine (SMIME_RELAY_ENGINE=native)', env: { SMIME_RELAY_ENGINE: 'native' } },
-    ] as const;
+    const token = await tokenConfig(work, leaf, pki);
+    const configs: { name: ConfigResult['name']; label: string; env: Record<string, string>; large: boolean }[] = [
+      { name: 'unsigned', label: 'unsigned pass-through (SMIME_RELAY_SIGNING=off)', env: { SMIME_RELAY_SIGNING: 'off' }, large: true },
+      { name: 'openssl', label: 'openssl engine (SMIME_RELAY_ENGINE=openssl)', env: { SMIME_RELAY_ENGINE: 'openssl' }, large: true },
+      { name: 'native', label: 'native engine (SMIME_RELAY_ENGINE=native)', env: { SMIME_RELAY_ENGINE: 'native' }, large: true },
+      ...(token ? [{ name: 'native-token' as const, label: 'native engine, key on a SoftHSM2 token (SMIME_RELAY_PKCS11_*)', env: { SMIME_RELAY_ENGINE: 'native', ...token }, large: false }] : []),
+    ];
     for (const c of configs) {
       const t = performance.now();
       let seq = 0;
@@ -200,17 +228,34 @@ async function main(): Promise<void> {
       } finally {
         await relay.stop();
       }
-      result.large1 = await measureLarge(start, 1, large, small);
-      result.large10 = await measureLarge(start, P.largeConcurrent, large, small);
-      log(`  25 MB: 1 → peak RSS ${(result.large1.peakHwm / 2 ** 20).toFixed(0)} MiB; ${P.largeConcurrent} concurrent → ${(result.large10.peakHwm / 2 ** 20).toFixed(0)} MiB (${since(t)})`);
-      result.eightBit = {
-        one: await measureEightBit(start, 1, envelope, eightBit, small),
-        many: await measureEightBit(start, EIGHT_BIT.concurrent, envelope, eightBit, small),
-      };
-      const { one, many } = result.eightBit;
-      log(`  24 MiB 8-bit text: 1 → peak RSS ${(one.peakHwm / 2 ** 20).toFixed(0)} MiB; ${many.n} concurrent → ${(many.peakHwm / 2 ** 20).toFixed(0)} MiB, small messages meanwhile max ${many.small.length ? Math.max(...many.small).toFixed(0) : '–'} ms (${since(t)})`);
+      if (c.large) {
+        result.large1 = await measureLarge(start, 1, large, small);
+        result.large10 = await measureLarge(start, P.largeConcurrent, large, small);
+        log(`  25 MB: 1 → peak RSS ${(result.large1.peakHwm / 2 ** 20).toFixed(0)} MiB; ${P.largeConcurrent} concurrent → ${(result.large10.peakHwm / 2 ** 20).toFixed(0)} MiB (${since(t)})`);
+        result.eightBit = {
+          one: await measureEightBit(start, 1, envelope, eightBit, small),
+          many: await measureEightBit(start, EIGHT_BIT.concurrent, envelope, eightBit, small),
+        };
+        const { one, many } = result.eightBit;
+        log(`  24 MiB 8-bit text: 1 → peak RSS ${(one.peakHwm / 2 ** 20).toFixed(0)} MiB; ${many.n} concurrent → ${(many.peakHwm / 2 ** 20).toFixed(0)} MiB, small messages meanwhile max ${many.small.length ? Math.max(...many.small).toFixed(0) : '–'} ms (${since(t)})`);
+      }
       results.push(result);
     }
+
+    log('self-verification cost (native engine, SMIME_RELAY_SELF_VERIFY on vs off, alternating rounds):');
+    let seq = 0;
+    selfVerify = await measureSelfVerifyCost({
+      start: (sv) => startRelay({ cli: join(root, 'dist/cli.js'), env: { ...common, SMIME_RELAY_ENGINE: 'native', SMIME_RELAY_SELF_VERIFY: sv }, logPath: join(work, `self-verify-${sv}-${++seq}.log`) }),
+      bundlePath: leaf.bundlePath,
+      raw: smallMessage(FROM, TO, P.smallSize),
+      payload: small,
+      envelope,
+      sessions: P.sessions,
+      warmupMs: P.warmupMs,
+      measureMs: quick ? 2000 : 4000,
+      rounds: quick ? 3 : 5,
+      log,
+    });
     failed = false;
   } finally {
     await sink.stop();
@@ -218,10 +263,10 @@ async function main(): Promise<void> {
     if (failed) log(`relay logs kept in ${work}`);
   }
 
-  const targets = evaluateTargets(results, P.largeSize);
+  const targets = evaluateTargets(results, P.largeSize, selfVerify);
   info.elapsedSeconds = (performance.now() - t0) / 1000;
   info.machine.loadAfter = loadavg()[0]!;
-  const md = renderReport(info, results, targets);
+  const md = renderReport(info, results, targets, selfVerify);
   log('');
   for (const t of targets) log(`${t.pass === undefined ? ' n/a' : t.pass ? 'PASS' : 'FAIL'}  ${t.figure}: ${t.measured} (target ${t.target})`);
   mkdirSync(join(flags.out, '..'), { recursive: true });

@@ -3,12 +3,17 @@ import { parseArgs } from 'node:util';
 import { hashPasswordCommand } from './access/hash-password.js';
 import { startRelay } from './app.js';
 import { checkCert } from './certs/check-cert.js';
+import { CertificateError } from './certs/findings.js';
 import { signCommand } from './commands/sign.js';
+import { diagnoseCommand } from './commands/diagnose.js';
+import { CANARY_HELP, canaryOnce } from './commands/canary.js';
+import { versionCommand } from './commands/version.js';
 import { DEV_MAILBOX } from './certs/dev.js';
-import { ConfigError, loadConfig } from './config/load.js';
+import { ConfigError, loadConfig, settingNames } from './config/load.js';
 import { isSwitch, settingList } from './config/settings.js';
 import { configExampleYaml, configTableMarkdown } from './config/table.js';
 import { createLogger, prettyDestination } from './log.js';
+import { StartupError } from './startup-error.js';
 
 const flagName = (flag: string) => flag.replace(/^--/, '');
 
@@ -19,20 +24,21 @@ function settingsHelp(): string {
 }
 
 const HELP = {
-  main: `Usage: smime-relay <command> [options]
+  get main() {
+    const width = Math.max(...Object.keys(commands).map((name) => name.length)) + 2;
+    const list = Object.entries(commands)
+      .map(([name, c]) => `  ${name.padEnd(width)}${c.summary.replace(/\n/g, `\n  ${' '.repeat(width)}`)}`)
+      .join('\n');
+    return `Usage: smime-relay <command> [options]
 
 An SMTP relay that S/MIME-signs mail in transit.
 
 Commands:
-  serve        run the relay (default settings: listen 127.0.0.1:2525, sign with a development
-               certificate, write signed mail to ./outbox/)
-  config       show the effective configuration and where each value came from
-  check-cert   validate a certificate bundle, PKCS#12 file or directory before deploying it
-  hash-password  read a password and print its scrypt hash for the users file (SMIME_RELAY_USERS)
-  sign         sign one message file offline, exactly as the relay would (--cert, --in, --out)
+${list}
 
 Run 'smime-relay <command> --help' for the options of a command.
-`,
+`;
+  },
   get config() {
     return `Usage: smime-relay config --print | --markdown | --example [--config FILE] [--config-dir DIR] [settings...]
 
@@ -87,14 +93,19 @@ function configFromArgs(argv: string[], extra: Record<string, { type: 'boolean' 
     configFile: values.config as string | undefined,
     configDir: values['config-dir'] as string | undefined,
   });
+  debugging = ['debug', 'trace'].includes(loaded.config.logLevel);
   return { help: false as const, values, ...loaded };
 }
 
 async function configCommand(argv: string[]): Promise<number> {
   const parsed = configFromArgs(argv, { print: { type: 'boolean' }, markdown: { type: 'boolean' }, example: { type: 'boolean' } });
-  if (parsed.help || (!parsed.values.print && !parsed.values.markdown && !parsed.values.example)) {
+  if (parsed.help) {
     process.stdout.write(HELP.config);
-    return parsed.help ? 0 : 2;
+    return 0;
+  }
+  if (!parsed.values.print && !parsed.values.markdown && !parsed.values.example) {
+    process.stderr.write(`smime-relay config: say what to show: --print, --markdown or --example\n\n${HELP.config}`);
+    return 2;
   }
   if (parsed.values.markdown) {
     process.stdout.write(configTableMarkdown());
@@ -119,7 +130,7 @@ function displayValue(key: string, value: unknown): string {
     const v = value as { host: string; port: number };
     return v.host.includes(':') ? `[${v.host}]:${v.port}` : `${v.host}:${v.port}`;
   }
-  if (key === 'upstream') return (value as { display: string }).display;
+  if (key === 'upstream' || key === 'canaryImap') return (value as { display: string }).display;
   return String(value);
 }
 
@@ -131,7 +142,14 @@ async function serve(argv: string[]): Promise<number> {
   }
   const { config } = parsed;
   const log = createLogger(config.logLevel, config.logFormat === 'pretty' ? await prettyDestination() : undefined);
-  const relay = await startRelay(config, log);
+  let relay: Awaited<ReturnType<typeof startRelay>>;
+  try {
+    relay = await startRelay(config, log, { names: settingNames(parsed.sources) });
+  } catch (e) {
+    // pino writes asynchronously: what was logged before a refused start comes before its message.
+    await new Promise<void>((resolve) => log.flush(() => resolve()));
+    throw e;
+  }
 
   if (!config.cert && config.upstream.kind === 'file') {
     const { host, port } = relay.address;
@@ -171,21 +189,64 @@ async function serve(argv: string[]): Promise<number> {
   return 0;
 }
 
-const commands: Record<string, (argv: string[]) => Promise<number>> = {
-  serve,
-  config: configCommand,
-  'hash-password': hashPasswordCommand,
-  sign: (argv) => signCommand(argv),
-  'check-cert': (argv) => checkCert(argv, (line) => process.stdout.write(line.endsWith('\n') ? line : line + '\n')),
+async function canary(argv: string[]): Promise<number> {
+  const parsed = configFromArgs(argv, { once: { type: 'boolean' } });
+  if (parsed.help) {
+    process.stdout.write(CANARY_HELP);
+    return 0;
+  }
+  if (!parsed.values.once) {
+    process.stderr.write(`smime-relay canary: --once is required\n\n${CANARY_HELP}`);
+    return 2;
+  }
+  const log = createLogger(parsed.config.logLevel, parsed.config.logFormat === 'pretty' ? await prettyDestination() : undefined);
+  const code = await canaryOnce(parsed.config, log, (s) => process.stdout.write(s));
+  log.flush();
+  return code;
+}
+
+interface Command {
+  /** One line (or a few) for `smime-relay --help`. */
+  readonly summary: string;
+  readonly run: (argv: string[]) => Promise<number>;
+}
+
+const stdoutLine = (line: string) => process.stdout.write(line.endsWith('\n') ? line : line + '\n');
+const stderrLine = (line: string) => process.stderr.write(line.endsWith('\n') ? line : line + '\n');
+
+/** Every command, in the order `--help` lists them; a new command is one entry here. */
+const commands: Record<string, Command> = {
+  serve: {
+    summary: 'run the relay (default settings: listen 127.0.0.1:2525, sign with a development\ncertificate, write signed mail to ./outbox/)',
+    run: serve,
+  },
+  config: { summary: 'show the effective configuration and where each value came from', run: configCommand },
+  'check-cert': {
+    summary: 'validate a certificate bundle, PKCS#12 file or directory before deploying it',
+    run: (argv) => checkCert(argv, stdoutLine, new Date(), stderrLine),
+  },
+  'hash-password': { summary: 'read a password and print its scrypt hash for the users file (SMIME_RELAY_USERS)', run: hashPasswordCommand },
+  sign: { summary: 'sign one message file offline, exactly as the relay would (--cert, --in, --out)', run: (argv) => signCommand(argv) },
+  diagnose: {
+    summary: 'check a signed message as it arrived; name the part and the change that broke it',
+    run: (argv) => diagnoseCommand(argv),
+  },
+  canary: { summary: 'send one signed canary through the real mail path and diagnose it (--once)', run: canary },
+  version: { summary: 'print the version of smime-relay, node and openssl (also --version, -V)', run: versionCommand },
 };
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
-  if (!command || command === '--help' || command === '-h' || command === 'help') {
+  if (command === '--help' || command === '-h' || command === 'help') {
     process.stdout.write(HELP.main);
-    return command ? 0 : 2;
+    return 0;
   }
-  const run = commands[command];
+  if (!command) {
+    process.stderr.write(`smime-relay: which command?\n\n${HELP.main}`);
+    return 2;
+  }
+  if (command === '--version' || command === '-V') return commands.version!.run(rest);
+  const run = commands[command]?.run;
   if (!run) {
     process.stderr.write(`smime-relay: unknown command '${command}'\n\n${HELP.main}`);
     return 2;
@@ -193,17 +254,29 @@ async function main(argv: string[]): Promise<number> {
   return run(rest);
 }
 
+/** LOG_LEVEL=debug (or trace): a failure also shows its stack trace. Updated once the settings are read. */
+let debugging = ['debug', 'trace'].includes((process.env.LOG_LEVEL ?? '').trim().toLowerCase());
+
+/**
+ * A command that fails says so in one message on stderr: what went wrong and what to fix, as the
+ * error worded it. A stack trace helps only whoever debugs the relay itself, so it is shown at
+ * LOG_LEVEL=debug only. Exit status: 2 for usage and configuration errors, 1 for anything else.
+ */
+function reportFailure(e: unknown): number {
+  const usage = e instanceof ConfigError || (e instanceof Error && 'code' in e && String(e.code).startsWith('ERR_PARSE_ARGS'));
+  const expected = usage || e instanceof StartupError || e instanceof CertificateError;
+  const message = e instanceof Error ? e.message : String(e);
+  process.stderr.write(`smime-relay: ${message}\n`);
+  if (debugging && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
+  else if (!expected) process.stderr.write('(this looks like a bug in smime-relay; run with LOG_LEVEL=debug to see where it happened)\n');
+  return usage ? 2 : 1;
+}
+
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
   },
   (e: unknown) => {
-    if (e instanceof ConfigError || (e instanceof Error && 'code' in e && String(e.code).startsWith('ERR_PARSE_ARGS'))) {
-      process.stderr.write(`smime-relay: ${e.message}\n`);
-      process.exitCode = 2;
-    } else {
-      process.stderr.write(`smime-relay: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
-      process.exitCode = 1;
-    }
+    process.exitCode = reportFailure(e);
   },
 );

@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Principal } from './access/users.js';
-import { admitEnvelopeSender, admitFromHeader } from './admit/sender.js';
+import { admitHeader, type AdmittedMessage, type HeaderPolicy } from './admit/header.js';
+import type { EnvelopeSenders } from './admit/envelope-senders.js';
+import { admitEnvelopeSender } from './admit/sender.js';
 import type { CertificateStore } from './certs/store.js';
 import type { CertificateBundle } from './certs/bundle.js';
 import { incomingDkim } from './dkim/incoming.js';
@@ -12,9 +14,10 @@ import { draftSignedMessage, draftSize } from './mime/multipart-signed.js';
 import { MimeError, prepareMessage } from './mime/prepare.js';
 import { SigningError, type SigningEngine } from './signing/engine.js';
 import { outcomeOf } from './metrics/outcome.js';
+import { selfVerificationFailure } from './verify/self-verify.js';
 import { noMetrics, type RelayMetrics } from './metrics/relay-metrics.js';
 import { StageTimer } from './metrics/stage-timer.js';
-import { RelayError, replies, type SmtpReply } from './replies.js';
+import { RelayError, replies, withTransactionId, type SmtpReply } from './replies.js';
 import { RefusedRecipients } from './upstream/refused-recipients.js';
 import type { Envelope, Upstream } from './upstream/upstream.js';
 
@@ -44,6 +47,10 @@ export interface PipelineOptions {
   stripDkim?: boolean;
   /** SMIME_RELAY_LMTP: refused recipients get their own reply instead of a DSN. */
   lmtp?: boolean;
+  /** SMIME_RELAY_SELF_VERIFY: verify the outgoing bytes before forwarding them (default on). */
+  selfVerify?: 'on' | 'off';
+  /** SMIME_RELAY_ENVELOPE_SENDERS: MAIL FROM addresses allowed besides the certificates' mailboxes. */
+  envelopeSenders?: EnvelopeSenders;
 }
 
 /** The reply to a message; over LMTP also one reply per recipient, in RCPT order. */
@@ -60,6 +67,11 @@ export interface PipelineDeps {
   metrics?: RelayMetrics;
   /** What happens to recipients the upstream refused while accepting others (DSN or LMTP replies). */
   refused?: RefusedRecipients;
+  /**
+   * The header admission (src/admit/header.ts, the default). Replaceable only so a test can show
+   * that a weakened one is caught by the disagreement test.
+   */
+  admitHeader?: (raw: Buffer, policy: HeaderPolicy) => AdmittedMessage;
 }
 
 type AcceptedOutcome = Parameters<typeof outcomeOf>[1];
@@ -67,7 +79,7 @@ type AcceptedOutcome = Parameters<typeof outcomeOf>[1];
 export const newTransactionId = (): string => randomBytes(6).toString('base64url');
 
 /**
- * The relay, top to bottom: receive → admit → prepare → sign → forward.
+ * The relay, top to bottom: receive → admit → prepare → sign → self-verify → forward.
  * Receiving is src/smtp/server.ts; it calls admitSender() at MAIL FROM and process() after DATA.
  * Every failure is a RelayError whose reply goes to the client unchanged; 250 is only ever
  * answered after the upstream accepted.
@@ -75,16 +87,18 @@ export const newTransactionId = (): string => randomBytes(6).toString('base64url
 export class Pipeline {
   private readonly metrics: RelayMetrics;
   private readonly refused: RefusedRecipients;
+  private readonly admitHeader: NonNullable<PipelineDeps['admitHeader']>;
 
   constructor(private readonly deps: PipelineDeps) {
     this.metrics = deps.metrics ?? noMetrics;
+    this.admitHeader = deps.admitHeader ?? admitHeader;
     this.refused = deps.refused ?? new RefusedRecipients({ upstream: deps.upstream, onRefused: (n) => this.metrics.refusedRecipients(n) });
   }
 
   /** admit (envelope): runs at MAIL FROM, before any data is transferred. */
   admitSender(address: string, principal?: Principal): Mailbox {
     try {
-      return admitEnvelopeSender(address, this.deps.certs.mailboxes(), principal);
+      return admitEnvelopeSender(address, this.deps.certs.mailboxes(), principal, this.deps.options.envelopeSenders);
     } catch (e) {
       if (e instanceof RelayError) this.metrics.outcome(outcomeOf(e.reply, 'signed'));
       throw e;
@@ -105,14 +119,23 @@ export class Pipeline {
     const fields: Record<string, unknown> = { ...this.fieldsOf(tx), size: tx.raw.length };
     this.metrics.size(tx.raw.length);
     try {
-      // admit (header): clients compare From with the signer certificate.
-      const from = admitFromHeader(tx.raw, certs.mailboxes(), tx.principal);
+      // admit (header): one canonical header block, and one unambiguous sender decided on exactly
+      // those bytes; every path below forwards them (clients compare From with the signer).
+      const policy = { covered: certs.mailboxes(), principal: tx.principal, smtputf8: tx.envelope.smtputf8 === true };
+      const { message, from } = this.admitHeader(tx.raw, policy);
       fields.from = from;
 
+      // What the message holds of SMIME_RELAY_MEMORY_BUDGET so far: the bytes received, and the
+      // canonical copy when admit had to make one; signing adds the outgoing message (hold()).
+      const received = tx.raw.length + (message === tx.raw ? 0 : message.length);
+
       // prepare + sign (or pass through, where the configuration or the message says so)
-      const { message: outgoing, accepted } = await this.sign(tx.raw, from, fields, timer, log, tx.memory);
-      // From here on the message holds only what it received and what it sends.
-      tx.memory?.shrink(tx.raw.length + (outgoing === tx.raw ? 0 : outgoing.length));
+      const { message: outgoing, accepted, signer } = await this.sign(message, from, fields, timer, log, (copies) => hold(tx.memory, received + copies));
+      tx.memory?.shrink(received + (outgoing === message ? 0 : outgoing.length));
+
+      // self-verify: the exact bytes about to leave, read back as a recipient would (no copy:
+      // it reads views of them)
+      if (signer && options.selfVerify !== 'off') await timer.time('self_verify', () => this.selfVerify(outgoing, signer, log));
 
       // forward
       const delivery = await timer.time('upstream', () => upstream.deliver(tx.envelope, outgoing));
@@ -126,7 +149,10 @@ export class Pipeline {
       await this.refused.report(refused, delivery, log);
       return reply;
     } catch (e) {
-      return this.finish(tx, log, fields, asRelayError(e).reply, timer, started);
+      const refused = asRelayError(e);
+      // What the reply must not say (paths, the upstream's address) is in the log line.
+      if (refused.detail) fields.error = refused.detail;
+      return this.finish(tx, log, fields, refused.reply, timer, started);
     }
   }
 
@@ -136,8 +162,9 @@ export class Pipeline {
    * outgoing bytes leave this method, so the prepared entity is garbage before the upstream wait.
    */
   private async sign(
-    raw: Buffer, from: Mailbox, fields: Record<string, unknown>, timer: StageTimer, log: Logger, memory: Reservation | undefined,
-  ): Promise<{ message: Buffer; accepted: AcceptedOutcome }> {
+    raw: Buffer, from: Mailbox, fields: Record<string, unknown>, timer: StageTimer, log: Logger,
+    holdAlso: (bytes: number) => void,
+  ): Promise<{ message: Buffer; accepted: AcceptedOutcome; signer?: CertificateBundle }> {
     const { engine, options } = this.deps;
     if (options.signing === 'off') return { message: raw, accepted: 'passed_unsigned' };
     const protectedAs = alreadyProtected(raw);
@@ -155,12 +182,20 @@ export class Pipeline {
       const input = this.handleIncomingDkim(raw, log);
       const prepared = prepare(input, options);
       // The one large allocation of signing, so the budget is checked before it is made.
-      hold(memory, raw.length + (input === raw ? 0 : input.length) + prepared.entity.held + draftSize(prepared));
+      holdAlso((input === raw ? 0 : input.length) + prepared.entity.held + draftSize(prepared));
       return draftSignedMessage(prepared);
     });
     log.info({ from }, `Signing email notification from ${from}`);
     const message = await timer.time('sign', async () => draft.complete(await engine.sign(draft.content, bundle)));
-    return { message, accepted: 'signed' };
+    return { message, accepted: 'signed', signer: bundle };
+  }
+
+  /** A signed message that does not verify is never forwarded: 451 4.7.0, and the client retries. */
+  private selfVerify(message: Buffer, signer: CertificateBundle, log: Logger): void {
+    const failure = selfVerificationFailure(message, signer.leaf);
+    if (failure === undefined) return;
+    log.error({ reason: failure, engine: this.deps.engine.name, serial: signer.serial }, `self-verification failed, message not forwarded: ${failure}`);
+    throw new RelayError(replies.selfVerifyFailed(failure));
   }
 
   private fieldsOf(tx: Omit<Transaction, 'raw'>): Record<string, unknown> {
@@ -187,7 +222,7 @@ export class Pipeline {
     const line = { ...fields, outcome, reply: `${reply.code} ${reply.status} ${reply.text}`, durations: timer.ms, ms: ms(started) };
     if (reply.code < 400) log.info(line, 'transaction');
     else log.warn(line, 'transaction');
-    return { ...reply, text: `${reply.text} (tx ${tx.id})` };
+    return withTransactionId(reply, tx.id);
   }
 
   /**
@@ -228,7 +263,7 @@ function prepare(raw: Buffer, options: PipelineOptions) {
   } catch (e) {
     // A MimeError with a cause is prepare's own fault, not the message's: retry rather than bounce.
     if (e instanceof MimeError) {
-      throw new RelayError(e.cause ? replies.internalError(e.message) : replies.malformedMessage(e.message));
+      throw e.cause ? new RelayError(replies.internalError(e.message), e.message) : new RelayError(replies.malformedMessage(e.message));
     }
     throw e;
   }
@@ -248,9 +283,9 @@ function hold(memory: Reservation | undefined, bytes: number): void {
 function asRelayError(e: unknown): RelayError {
   if (e instanceof RelayError) return e;
   const message = e instanceof Error ? e.message : String(e);
-  if (e instanceof SigningError) return new RelayError(replies.signingFailed(message));
+  if (e instanceof SigningError) return new RelayError(replies.signingFailed(message), message);
   // An unexpected bug must never turn into 250 or a permanent bounce: the client keeps the mail.
-  return new RelayError(replies.internalError(message));
+  return new RelayError(replies.internalError(message), message);
 }
 
 const ms = (since: number): number => Math.round((performance.now() - since) * 10) / 10;

@@ -139,8 +139,8 @@ describe('a directory of certificates', () => {
     expect(store.mailboxes()).toEqual([BILLING, SECURITY]);
     const b = store.lookup(BILLING);
     const s = store.lookup(SECURITY);
-    expect(b.kind === 'ok' && b.bundle.key.asymmetricKeyType).toBe('rsa');
-    expect(s.kind === 'ok' && s.bundle.key.asymmetricKeyType).toBe('ec');
+    expect(b.kind === 'ok' && b.bundle.key.type).toBe('rsa');
+    expect(s.kind === 'ok' && s.bundle.key.type).toBe('ec');
     expect(s.kind === 'ok' && s.bundle.serial).toBe(L['security-ec']!.serial);
     expect(lines.some((l) => l.level === 40 && l.msg.includes('README.txt'))).toBe(true);
   });

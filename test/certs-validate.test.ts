@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { checkCert } from '../src/certs/check-cert.js';
 import type { FindingCode } from '../src/certs/findings.js';
 import { loadPath, type LoadedBundle } from '../src/certs/load.js';
+import type { FileKey } from '../src/signing/file-key.js';
 import { createTestPki, openssl, type Leaf, type TestPki } from './support/pki.js';
 
 // Every case an admin can get wrong, made with real openssl files, and checked the two ways an
@@ -93,7 +94,7 @@ describe('loading the three PEM key forms', () => {
 
   it('loads an EC P-256 bundle', () => {
     const e = loadOne(leaves.ec!.bundlePath);
-    expect(e.bundle?.key.asymmetricKeyType).toBe('ec');
+    expect(e.bundle?.key.type).toBe('ec');
     expect(e.details?.key.curve).toBe('prime256v1');
     expect(codes(e, 'error')).toEqual([]);
   });
@@ -106,7 +107,7 @@ describe('loading the three PEM key forms', () => {
     const e = loadOne(leaves[name]!.bundlePath);
     expect(e.bundle?.serial).toBe(leaves[name]!.serial);
     // Engines get PKCS#8 whatever the file held.
-    expect(e.bundle?.keyPem).toContain('BEGIN PRIVATE KEY');
+    expect((e.bundle?.key as FileKey).pem).toContain('BEGIN PRIVATE KEY');
   });
 
   it('accepts the key, leaf and chain in any order', () => {

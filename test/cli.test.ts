@@ -106,7 +106,8 @@ describe('the embedded default: `npm start` with nothing configured', () => {
     const eml = readdirSync(join(dir, 'outbox')).filter((f) => f.endsWith('.eml'));
     expect(eml).toHaveLength(1);
     const path = join(dir, 'outbox', eml[0]!);
-    expect(r.final!.text).toContain(path);
+    // The reply names the file (outbox/<id>.eml) by its id, never the local path.
+    expect(r.final!.text).toMatch(new RegExp(`^2\\.0\\.0 Ok: queued as ${eml[0]!.replace(/\.eml$/, '')} \\(tx [\\w-]+\\)$`));
     const verify = spawnSync('openssl', ['cms', '-verify', '-in', path, '-CAfile', join(dir, 'certs/dev/ca.crt'), '-purpose', 'smimesign', '-out', '/dev/null'], { encoding: 'utf8' });
     expect(verify.status, verify.stderr).toBe(0);
     expect(readFileSync(path, 'latin1')).toContain('Subject: hello');

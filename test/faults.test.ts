@@ -93,10 +93,12 @@ describe('the upstream fails: the client gets 4xx, never 250, and the upstream h
     ['hangs up after the final dot, before answering', { data: () => ({ drop: true }) }, /^4\.4\.1 /],
     ['never answers the final dot (stall)', { data: () => ({ stall: true }) }, /^4\.4\.1 .*no answer within 1500 ms/],
     ['never answers MAIL FROM (stall)', { mailFrom: () => ({ stall: true }) }, /^4\.4\.1 /],
-    ['answers 421 at MAIL FROM', { mailFrom: () => ({ reply: 421, text: '4.3.2 Service shutting down' }) }, /^4\.4\.1 .*421/],
-    ['answers 421 at RCPT TO', { rcptTo: () => ({ reply: 421, text: '4.3.2 Service shutting down' }) }, /^4\.4\.1 /],
-    ['answers 421 after the final dot', { data: () => ({ reply: 421, text: '4.3.2 Service shutting down' }) }, /^4\.4\.1 .*421/],
-    ['answers 451 after the final dot', { data: () => ({ reply: 451, text: '4.3.0 Try later' }) }, /^4\.4\.1 .*451/],
+    // An upstream that answered gets its own enhanced status passed on; 4.4.1 is for silence.
+    ['answers 421 at MAIL FROM', { mailFrom: () => ({ reply: 421, text: '4.3.2 Service shutting down' }) }, /^4\.3\.2 .*421/],
+    ['answers 421 at RCPT TO', { rcptTo: () => ({ reply: 421, text: '4.3.2 Service shutting down' }) }, /^4\.3\.2 /],
+    ['answers 421 after the final dot', { data: () => ({ reply: 421, text: '4.3.2 Service shutting down' }) }, /^4\.3\.2 .*421/],
+    ['answers 451 after the final dot', { data: () => ({ reply: 451, text: '4.3.0 Try later' }) }, /^4\.3\.0 .*451/],
+    ['answers 452 without an enhanced status after the final dot', { data: () => ({ reply: 452, text: 'Insufficient storage' }) }, /^4\.0\.0 .*452/],
   ];
 
   it.each(faults)('upstream %s', async (_name, script, text) => {

@@ -45,6 +45,8 @@ interface Case {
   to?: string[];
   /** Outer headers legitimately carry UTF-8 (RFC 6532); only the body must then be 7-bit. */
   utf8Headers?: boolean;
+  /** The Content-Type the signed part must get when the input has none (default: RFC 2045's). */
+  contentType?: { value: string; params: Record<string, string> };
 }
 
 interface RelayUnderTest {
@@ -211,6 +213,17 @@ const allCases: Case[] = [
     to: ['jörg@bücher.example'],
     utf8Headers: true,
   },
+  {
+    // cron and old scripts: 8-bit text with no MIME headers at all (issue 11).
+    name: 'legacy UTF-8 body without MIME headers',
+    build: (from) => msg(lines(`From: ${from}`, 'To: a@example.org', 'Subject: nightly', '', 'Grüße aus Köln — 東京', '')),
+    contentType: { value: 'text/plain', params: { charset: 'utf-8' } },
+  },
+  {
+    name: 'legacy Latin-1 body without MIME headers (unknown-8bit)',
+    build: (from) => Buffer.from(lines(`From: ${from}`, 'To: a@example.org', 'Subject: nightly', '', 'Stra\xdfe, M\xfcnchen', ''), 'latin1'),
+    contentType: { value: 'text/plain', params: { charset: 'unknown-8bit' } },
+  },
 ];
 const corpus = allCases.filter((c) => HAVE_PYTHON || !c.name.startsWith('Tattler'));
 
@@ -289,11 +302,11 @@ function expectTransportSafe(out: Buffer, utf8Headers: boolean) {
 }
 
 /** The signed entity's Content-Type, parsed, must be the input's (or the RFC 2045 default). */
-async function expectSameTopContentType(input: Buffer, out: Buffer) {
+async function expectSameTopContentType(input: Buffer, out: Buffer, absent: Case['contentType'] = { value: 'text/plain', params: { charset: 'us-ascii' } }) {
   const entity = splitSigned(out).content;
   const [a, b] = await Promise.all([simpleParser(input), simpleParser(entity)]);
   const ct = (m: ParsedMail) => m.headers.get('content-type') as { value: string; params: Record<string, string> } | undefined;
-  const inCt = ct(a) ?? { value: 'text/plain', params: { charset: 'us-ascii' } };
+  const inCt = ct(a) ?? absent;
   const outCt = ct(b)!;
   expect(outCt.value).toBe(inCt.value);
   const { boundary: _ib, ...inParams } = inCt.params;
@@ -420,7 +433,7 @@ describe.each(['RSA', 'EC'] as const)('%s signer: every message shape verifies i
     expect(out.toString('latin1')).toMatch(/^Content-Type: multipart\/signed; protocol="application\/pkcs7-signature"; micalg=sha-256;/m);
     expectTransportSafe(out, !!c.utf8Headers);
     expect(outerHeaderFields(out)).toEqual(outerHeaderFields(input));
-    await expectSameTopContentType(input, out);
+    await expectSameTopContentType(input, out, c.contentType);
 
     const [before, after] = await Promise.all([simpleParser(input), simpleParser(out)]);
     const [lb, la] = await Promise.all([leaves(before), leaves(after)]);
@@ -518,6 +531,41 @@ describe('SMIME_RELAY_HEADER_PROTECTION=clear (RFC 9788)', () => {
       await sink.close();
     }
   });
+});
+
+describe('certificates their CA signed with RSA-PSS (the relay\'s own signature stays PKCS#1 v1.5)', () => {
+  /**
+   * The whole chain signed with RSASSA-PSS (SHA-256, MGF1 SHA-256). Measured on this machine:
+   * OpenSSL 3.0 and NSS 3.87 verify both kinds; gpgsm 2.2.40 verifies a salt as long as the hash
+   * (what the CA/Browser Forum S/MIME requirements prescribe) and rejects openssl's default
+   * maximum salt ("rejected due to salt length"). check-cert's warning says the same.
+   */
+  it.each([
+    ['salt as long as the hash', 'hash-length-salt', ['openssl', 'gpgsm', 'nss']],
+    ['maximum salt, as openssl writes by default', 'max-salt', ['openssl', 'nss']],
+  ] as const)('CA signs with RSA-PSS, %s', async (label, pss, accepting) => {
+    const pki = await createTestPki({ pss });
+    const sink = await startSink();
+    let relay: TestRelay | undefined;
+    try {
+      const leaf = await pki.issueLeaf('pss-ca', { emails: [RSA_SENDER] });
+      relay = await startTestRelay({ SMIME_RELAY_CERT: leaf.bundlePath, SMIME_RELAY_UPSTREAM: sink.url, ...(ENGINE ? { SMIME_RELAY_ENGINE: ENGINE } : {}) });
+      const input = mark(await corpus[0]!.build(RSA_SENDER));
+      const result = await sendMessage(relay.address.port, RSA_SENDER, ['a@example.org'], input);
+      expect(result.final?.code, result.final?.text).toBe(250);
+      const out = sink.received[0]!.raw;
+      const results = await verifyAll(out, pki.rootCertPath);
+      record(`RSA signer, CA signs with RSA-PSS: ${label}`, 'RSA', results);
+      const report = results.map((r) => `--- ${r.verifier}: ${r.ok ? 'OK' : 'FAILED'}\n${r.detail}`).join('\n');
+      expect(results.filter((r) => r.ok).map((r) => r.verifier).sort(), report).toEqual(accepting.filter((v) => installed.includes(v)).sort());
+      const gpgsm = results.find((r) => r.verifier === 'gpgsm');
+      if (gpgsm && !gpgsm.ok) expect(gpgsm.detail).toContain('rejected due to salt length');
+    } finally {
+      await relay?.close();
+      await sink.close();
+      await pki.cleanup();
+    }
+  }, 120_000);
 });
 
 describe('mail that is already signed or encrypted is forwarded unchanged, not wrapped again', () => {

@@ -130,7 +130,7 @@ describe('metrics and health endpoints (SMIME_RELAY_METRICS)', () => {
   it('has every outcome at 0 before the first message, so rates and alerts work from the start', async () => {
     const samples = await scrape(relay);
     for (const outcome of OUTCOMES) expect(valueOf(samples, 'smime_relay_messages_total', { outcome }), outcome).toBe(0);
-    for (const stage of ['prepare', 'sign', 'upstream']) {
+    for (const stage of ['prepare', 'sign', 'self_verify', 'upstream']) {
       expect(valueOf(samples, 'smime_relay_stage_duration_seconds_count', { stage }), stage).toBe(0);
     }
     expect(valueOf(samples, 'smime_relay_certificate_reload_failures_total')).toBe(0);
@@ -164,7 +164,7 @@ describe('metrics and health endpoints (SMIME_RELAY_METRICS)', () => {
     const moved = Object.fromEntries(OUTCOMES.map((outcome) => [outcome, delta('smime_relay_messages_total', { outcome })]));
     const expected: Record<string, number> = { signed: 1, rejected_sender: 1, rejected_size: 1 };
     expect(moved).toEqual(Object.fromEntries(OUTCOMES.map((o) => [o, expected[o] ?? 0])));
-    for (const stage of ['prepare', 'sign', 'upstream']) {
+    for (const stage of ['prepare', 'sign', 'self_verify', 'upstream']) {
       expect(delta('smime_relay_stage_duration_seconds_count', { stage }), stage).toBe(1);
       expect(delta('smime_relay_stage_duration_seconds_sum', { stage }), stage).toBeGreaterThan(0);
       // The +Inf bucket holds every observation.
@@ -232,7 +232,7 @@ describe('metrics and health endpoints (SMIME_RELAY_METRICS)', () => {
       reply: expect.stringMatching(/^250 2\.0\.0 Ok: queued as SINK\d+$/),
     });
     const durations = line.durations as Record<string, number>;
-    expect(Object.keys(durations).sort()).toEqual(['prepare', 'sign', 'upstream']);
+    expect(Object.keys(durations).sort()).toEqual(['prepare', 'self_verify', 'sign', 'upstream']);
     for (const ms of Object.values(durations)) expect(ms).toBeGreaterThanOrEqual(0);
     expect(typeof line.ms).toBe('number');
   });
@@ -341,11 +341,14 @@ describe('each refusal of a message is counted under the outcome an admin expect
     ['From header invalid', () => replies.fromHeaderInvalid('is missing'), 'rejected_sender'],
     ['From header not covered', () => replies.fromHeaderNotCovered('a@example.test', []), 'rejected_sender'],
     ['From header not permitted for the user', () => replies.fromHeaderNotPermitted('app', 'a@example.test', []), 'rejected_sender'],
+    ['From header shows another address', () => replies.fromHeaderMisleading('shows the address b@example.test'), 'rejected_sender'],
+    ['header line refused', () => replies.headerLineRefused(2, 'X-A: a\\r', 'contains a bare CR'), 'sign_error'],
     ['message too big', () => replies.messageTooBig(10), 'rejected_size'],
     ['certificate unavailable', () => replies.certificateUnavailable('a@example.test', 'expired'), 'sign_error'],
     ['message cannot be prepared', () => replies.malformedMessage('bare CR'), 'sign_error'],
     ['signing failed', () => replies.signingFailed('openssl exited 1'), 'sign_error'],
     ['internal error', () => replies.internalError('bug'), 'sign_error'],
+    ['signed bytes failed self-verification', () => replies.selfVerifyFailed('digest mismatch'), 'self_verify_failed'],
     ['upstream 4xx or unreachable', () => replies.upstreamTempFail('ECONNREFUSED'), 'upstream_tempfail'],
     ['upstream 5xx', () => replies.upstreamPermFail(554, 'no'), 'upstream_permfail'],
     ['upstream refused one recipient for now (LMTP)', () => replies.recipientRefusedUpstream('a@example.org', 450, '450 4.2.0 busy'), 'upstream_tempfail'],

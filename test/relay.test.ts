@@ -160,12 +160,12 @@ describe('refusals name the problem, forward nothing, and the relay keeps servin
     });
   });
 
-  it('upstream answering 451 at DATA gives the client 451 4.4.x', async () => {
+  it('upstream answering 451 4.3.0 at DATA gives the client 451 with the upstream\'s 4.3.0', async () => {
     await expectNothingForwardedThenRecovery(async () => {
       sink.script = { data: () => ({ reply: 451, text: '4.3.0 try later' }) };
       const r = await sendMessage(relay.address.port, SENDER, ['a@example.org'], good);
       expect(r.final?.code).toBe(451);
-      expect(r.final?.text).toMatch(/^4\.4\.\d /);
+      expect(r.final?.text).toMatch(/^4\.3\.0 /);
     });
   });
 
@@ -174,7 +174,7 @@ describe('refusals name the problem, forward nothing, and the relay keeps servin
       sink.script = { data: () => ({ reply: 550, text: '5.7.1 content rejected' }) };
       const r = await sendMessage(relay.address.port, SENDER, ['a@example.org'], good);
       expect(r.final?.code).toBe(550);
-      expect(r.final?.text).toContain('content rejected');
+      expect(r.final?.text).toMatch(/^5\.7\.1 .*content rejected/);
     });
   });
 
@@ -183,7 +183,7 @@ describe('refusals name the problem, forward nothing, and the relay keeps servin
       sink.script = { rcptTo: () => ({ reply: 550, text: '5.1.1 no such user' }) };
       const r = await sendMessage(relay.address.port, SENDER, ['a@example.org', 'b@example.org'], good);
       expect(r.final?.code).toBe(550);
-      expect(r.final?.text).toContain('no such user');
+      expect(r.final?.text).toMatch(/^5\.1\.1 .*no such user/);
     });
   });
 

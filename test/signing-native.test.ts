@@ -1,8 +1,9 @@
 import { spawnSync } from 'node:child_process';
-import { X509Certificate, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { X509Certificate, createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import * as asn1js from 'asn1js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { assembleBundle, type CertificateBundle } from '../src/certs/bundle.js';
 import { loadPath } from '../src/certs/load.js';
@@ -80,12 +81,45 @@ function cmsPrint(sig: string): string {
   return mustRun('openssl', ['cms', '-cmsout', '-print', '-inform', 'DER', '-in', sig]);
 }
 
-/** Attribute types (OIDs) inside signedAttrs of `openssl cms -cmsout -print` output. */
-function signedAttributeTypes(print: string): string[] {
-  const start = print.indexOf('signedAttrs:');
-  const end = print.indexOf('signatureAlgorithm:', start);
-  expect(start).toBeGreaterThan(0);
-  return [...print.slice(start, end).matchAll(/^\s*object: .*\(([\d.]+)\)\s*$/gm)].map((m) => m[1]!).sort();
+const OIDS = {
+  contentType: '1.2.840.113549.1.9.3',
+  messageDigest: '1.2.840.113549.1.9.4',
+  signingTime: '1.2.840.113549.1.9.5',
+  smimeCapabilities: '1.2.840.113549.1.9.15',
+  signingCertificateV2: '1.2.840.113549.1.9.16.2.47',
+  encryptionKeyPreference: '1.2.840.113549.1.9.16.2.11',
+} as const;
+
+const raw = (node: asn1js.BaseBlock): string => Buffer.from(node.valueBeforeDecodeView).toString('hex');
+const children = (node: asn1js.BaseBlock): asn1js.BaseBlock[] => (node as asn1js.Constructed).valueBlock.value;
+
+function decode(der: Uint8Array): asn1js.BaseBlock {
+  const parsed = asn1js.fromBER(der);
+  if (parsed.offset === -1) throw new Error(`not DER: ${parsed.result.error}`);
+  return parsed.result;
+}
+
+/** The signed attributes of the (only) SignerInfo, each as its DER bytes, in the order on the wire. */
+function signedAttributes(contentInfo: Buffer): Buffer[] {
+  // ContentInfo → [0] → SignedData { version, digestAlgorithms, encapContentInfo, [0] certificates, signerInfos }
+  const signedData = children(children(children(decode(contentInfo))[1]!)[0]!);
+  const signerInfos = signedData[signedData.length - 1]!;
+  // SignerInfo { version, sid, digestAlgorithm, [0] IMPLICIT signedAttrs, ... }
+  const signedAttrs = children(children(signerInfos)[0]!)[3]!;
+  expect(signedAttrs.idBlock.tagClass).toBe(3);
+  expect(signedAttrs.idBlock.tagNumber).toBe(0);
+  return children(signedAttrs).map((a) => Buffer.from(a.valueBeforeDecodeView));
+}
+
+const attributeType = (attribute: Buffer): string => (children(decode(attribute))[0] as asn1js.ObjectIdentifier).valueBlock.toString();
+const attributeValues = (attribute: Buffer): asn1js.BaseBlock[] => children(children(decode(attribute))[1]!);
+const attributeValue = (attribute: Buffer): asn1js.BaseBlock => attributeValues(attribute)[0]!;
+
+/** The issuer Name and serial INTEGER of a certificate, as DER hex, read from its TBSCertificate. */
+function issuerAndSerial(certificate: Buffer): { issuer: string; serial: string } {
+  // TBSCertificate { [0] version, serialNumber, signature, issuer, ... }
+  const tbs = children(children(decode(certificate))[0]!);
+  return { serial: raw(tbs[1]!), issuer: raw(tbs[3]!) };
 }
 
 function embeddedCertificates(sig: string): X509Certificate[] {
@@ -177,18 +211,93 @@ describe.each(['rsa', 'ec'] as const)('native engine with an %s leaf and an inte
     expect(verifyNss(sigPath, bad).ok).toBe(false);
   });
 
-  it('carries the same signed attribute types as the openssl engine', async () => {
-    const reference = cmsPrint(write(`${kind}.openssl.p7s`, await openssl.sign(CONTENT, bundles[kind])));
-    const types = signedAttributeTypes(print);
-    expect(types).toEqual(signedAttributeTypes(reference));
-    expect(types).toEqual(
-      [
-        '1.2.840.113549.1.9.3', // contentType
-        '1.2.840.113549.1.9.4', // messageDigest
-        '1.2.840.113549.1.9.5', // signingTime
-        '1.2.840.113549.1.9.15', // smimeCapabilities
-      ].sort(),
+  it('writes each common signed attribute byte for byte as `openssl cms -sign -cades` does, in DER SET OF order', async () => {
+    // openssl's own signature over the same content, without its legacy capability list; its
+    // signingTime is then given to the native engine, so every common attribute must match exactly.
+    const reference = join(dir, `${kind}.reference.p7s`);
+    mustRun('openssl', [
+      'cms', '-sign', '-cades', '-nosmimecap', '-binary', '-md', 'sha256', '-in', contentPath,
+      '-signer', join(dir, `${kind}.crt`), '-inkey', join(dir, `${kind}.key`), '-certfile', intCrt, '-outform', 'DER', '-out', reference,
+    ]);
+    const expected = signedAttributes(readFileSync(reference));
+    const time = attributeValue(expected.find((a) => attributeType(a) === OIDS.signingTime)!);
+    const pinned = new NativeEngine({ now: () => (time as asn1js.UTCTime).toDate() });
+    const ours = write(`${kind}.pinned.p7s`, await pinned.sign(CONTENT, bundles[kind]));
+    const written = signedAttributes(readFileSync(ours));
+
+    expect(expected.map(attributeType)).toEqual([OIDS.contentType, OIDS.signingTime, OIDS.messageDigest, OIDS.signingCertificateV2]);
+    for (const attribute of expected) {
+      expect(written.find((a) => attributeType(a) === attributeType(attribute))?.toString('hex'), attributeType(attribute)).toBe(attribute.toString('hex'));
+    }
+    // The order is the one openssl writes when it encodes this very set: it sorts a DER SET OF by
+    // encoding on output, so an unsorted set comes back in another order.
+    const reencoded = join(dir, `${kind}.reencoded.p7s`);
+    mustRun('openssl', ['cms', '-cmsout', '-inform', 'DER', '-outform', 'DER', '-in', ours, '-out', reencoded]);
+    expect(Buffer.concat(written).toString('hex')).toBe(Buffer.concat(signedAttributes(readFileSync(reencoded))).toString('hex'));
+    // The pinned signature is a real one too.
+    expect(verifyOpenssl(ours, contentPath).ok).toBe(true);
+  });
+
+  it('carries the RFC 8551 §2.5 signed attributes, each once, each with the right value', () => {
+    const attributes = signedAttributes(readFileSync(sigPath));
+    const byType = new Map(attributes.map((a) => [attributeType(a), a]));
+    expect(attributes.map(attributeType).sort()).toEqual(
+      [OIDS.contentType, OIDS.messageDigest, OIDS.signingTime, OIDS.smimeCapabilities, OIDS.signingCertificateV2, OIDS.encryptionKeyPreference].sort(),
     );
+    for (const a of attributes) expect(attributeValues(a), attributeType(a)).toHaveLength(1);
+    const value = (type: string) => attributeValue(byType.get(type)!);
+
+    // contentType: id-data, the type of the detached content (RFC 5652 §11.1).
+    expect((value(OIDS.contentType) as asn1js.ObjectIdentifier).valueBlock.toString()).toBe('1.2.840.113549.1.7.1');
+    // messageDigest: SHA-256 of exactly the signed bytes (RFC 5652 §11.2).
+    expect(Buffer.from((value(OIDS.messageDigest) as asn1js.OctetString).valueBlock.valueHexView).toString('hex')).toBe(createHash('sha256').update(CONTENT).digest('hex'));
+    // signingTime: now, as UTCTime (RFC 5652 §11.3); Thunderbird compares it with Date:.
+    const signingTime = value(OIDS.signingTime);
+    expect(signingTime).toBeInstanceOf(asn1js.UTCTime);
+    expect(Math.abs((signingTime as asn1js.UTCTime).toDate().getTime() - Date.now())).toBeLessThan(5 * 60_000);
+    // smimeCapabilities: AES-256, -192 and -128 CBC, strongest first, no parameters (RFC 8551 §2.5.2).
+    const capabilities = (value(OIDS.smimeCapabilities) as asn1js.Sequence).valueBlock.value.map((c) => {
+      const parts = (c as asn1js.Sequence).valueBlock.value;
+      expect(parts).toHaveLength(1);
+      return (parts[0] as asn1js.ObjectIdentifier).valueBlock.toString();
+    });
+    expect(capabilities).toEqual(['2.16.840.1.101.3.4.1.42', '2.16.840.1.101.3.4.1.22', '2.16.840.1.101.3.4.1.2']);
+
+    const leaf = bundles[kind].leaf;
+    const { issuer, serial } = issuerAndSerial(leaf.raw);
+    // signingCertificateV2 (RFC 5035 §3): one ESSCertIDv2 for the signer certificate, hashAlgorithm
+    // absent (DEFAULT sha256), certHash = SHA-256 of the certificate, issuerSerial = its issuer as a
+    // directoryName and its serial; no policies.
+    const signingCertificate = value(OIDS.signingCertificateV2) as asn1js.Sequence;
+    expect(signingCertificate.valueBlock.value).toHaveLength(1);
+    const certIds = signingCertificate.valueBlock.value[0] as asn1js.Sequence;
+    expect(certIds.valueBlock.value).toHaveLength(1);
+    const [certHash, issuerSerial, ...more] = (certIds.valueBlock.value[0] as asn1js.Sequence).valueBlock.value;
+    expect(more).toHaveLength(0);
+    expect(certHash).toBeInstanceOf(asn1js.OctetString);
+    expect(Buffer.from((certHash as asn1js.OctetString).valueBlock.valueHexView).toString('hex')).toBe(createHash('sha256').update(leaf.raw).digest('hex'));
+    const [generalNames, issuerSerialNumber] = (issuerSerial as asn1js.Sequence).valueBlock.value;
+    const directoryName = (generalNames as asn1js.Sequence).valueBlock.value;
+    expect(directoryName).toHaveLength(1);
+    expect(directoryName[0]!.idBlock.tagClass).toBe(3); // context-specific
+    expect(directoryName[0]!.idBlock.tagNumber).toBe(4); // [4] directoryName
+    expect(raw((directoryName[0] as asn1js.Constructed).valueBlock.value[0]!)).toBe(issuer);
+    expect(raw(issuerSerialNumber!)).toBe(serial);
+    // SMIMEEncryptionKeyPreference (RFC 8551 §2.5.3): the signer's own certificate, as
+    // issuerAndSerialNumber [0] IMPLICIT.
+    const preference = value(OIDS.encryptionKeyPreference) as asn1js.Constructed;
+    expect(preference.idBlock.tagClass).toBe(3);
+    expect(preference.idBlock.tagNumber).toBe(0);
+    expect(preference.valueBlock.value.map(raw)).toEqual([issuer, serial]);
+  });
+
+  it('matches the openssl engine (-cades) in signingCertificateV2; only the native engine adds SMIMEEncryptionKeyPreference', async () => {
+    const theirs = signedAttributes(await openssl.sign(CONTENT, bundles[kind]));
+    const ours = signedAttributes(readFileSync(sigPath));
+    const pick = (list: Buffer[], type: string) => list.find((a) => attributeType(a) === type)?.toString('hex');
+    expect(pick(theirs, OIDS.signingCertificateV2)).toBeDefined();
+    expect(pick(theirs, OIDS.signingCertificateV2)).toBe(pick(ours, OIDS.signingCertificateV2));
+    expect(pick(theirs, OIDS.encryptionKeyPreference)).toBeUndefined();
   });
 
   it('is detached SHA-256 with the expected signature algorithm, signer by issuer and serial', () => {

@@ -177,10 +177,10 @@ describe.skipIf(!lanAddress)(`AUTH from a non-loopback client (the LAN address $
     expect(relay.logs.some((l) => l.msg === 'authenticated')).toBe(false);
   });
 
-  it('claiming to be loopback with XFORWARD changes nothing: the rule uses the connection itself', async () => {
+  it('cannot claim to be loopback with XFORWARD: it is not offered off loopback (550 5.7.0), and AUTH stays hidden', async () => {
     const c = await RawClient.open(relay.address.port, lanAddress);
-    await c.hello();
-    expect((await c.command('XFORWARD ADDR=127.0.0.1')).code).toBe(250);
+    expect((await c.hello()).text).not.toContain('XFORWARD');
+    expect((await c.command('XFORWARD ADDR=127.0.0.1')).code).toBe(550);
     expect((await c.command('EHLO client.test')).text).not.toContain('AUTH');
     expect((await c.authPlain('billing', PASSWORD)).code).toBe(500);
     c.close();
@@ -204,6 +204,24 @@ describe.skipIf(!lanAddress)(`AUTH from a non-loopback client (the LAN address $
   });
 });
 
+describe.skipIf(!lanAddress)(`behind a PROXY balancer on a non-loopback address (${lanAddress})`, () => {
+  let relay: TestRelay;
+  beforeAll(async () => {
+    relay = await startTestRelay(env({ SMIME_RELAY_LISTEN: `${lanAddress}:0`, SMIME_RELAY_USERS: usersPath, SMIME_RELAY_PROXY_PROTOCOL: `${lanAddress}/32` }));
+  });
+  afterAll(() => relay?.close());
+
+  it('a client the header names as 127.0.0.1 gets no AUTH in clear: the balancer hop is not loopback', async () => {
+    const c = await RawClient.open(relay.address.port, lanAddress);
+    c.write(`PROXY TCP4 127.0.0.1 ${lanAddress} 5555 ${relay.address.port}\r\n`);
+    const ehlo = await c.hello();
+    expect(ehlo.text).toContain('STARTTLS');
+    expect(ehlo.text).not.toContain('AUTH');
+    expect((await c.authPlain('billing', PASSWORD)).code).toBe(500);
+    c.close();
+  });
+});
+
 describe('TLS_MODE=required', () => {
   let relay: TestRelay;
   beforeAll(async () => {
@@ -218,7 +236,7 @@ describe('TLS_MODE=required', () => {
     expect(ehlo.text).not.toContain('AUTH');
     const mail = await c.command(`MAIL FROM:<${SENDER}>`);
     expect(mail.code).toBe(530);
-    expect(mail.text).toBe('5.7.0 Must issue a STARTTLS command first');
+    expect(mail.text).toMatch(/^5\.7\.0 Must issue a STARTTLS command first \(tx [\w-]+\)$/);
     expect((await c.authPlain('billing', PASSWORD)).code).toBe(500);
 
     const secure = await c.starttls(ca, SERVER_NAME);

@@ -14,7 +14,13 @@ export interface AccessSettings {
   tlsCert?: string;
   tlsKey?: string;
   tlsMode?: TlsMode;
+  /** Normalized CIDRs of SMIME_RELAY_PROXY_PROTOCOL; empty or unset: no PROXY headers. */
+  proxyProtocol?: readonly string[];
+  /** Normalized CIDRs of SMIME_RELAY_XFORWARD_HOSTS. */
+  xforwardHosts?: readonly string[];
 }
+
+const networks = (cidrs: readonly string[] | undefined) => (cidrs?.length ? new AllowList(cidrs.map(parseCidr)) : undefined);
 
 /**
  * Builds the access policy from the settings and refuses, with the setting and the fix, any
@@ -43,10 +49,20 @@ export async function openAccess(s: AccessSettings, log: Logger): Promise<Access
         allow: s.allow ?? 'any client that can reach the listener',
         users: users ? users.status().users : 'none (no AUTH)',
         tls: tls?.mode ?? 'off',
+        proxyProtocol: s.proxyProtocol?.length ? s.proxyProtocol : 'off',
+        xforwardHosts: s.xforwardHosts?.length ? s.xforwardHosts : 'none',
       },
       'access policy',
     );
-    return new AccessPolicy({ allow: s.allow?.length ? new AllowList(s.allow.map(parseCidr)) : undefined, users, tls, tlsSettings, log });
+    return new AccessPolicy({
+      allow: networks(s.allow),
+      users,
+      tls,
+      tlsSettings,
+      proxies: networks(s.proxyProtocol),
+      xforwardHosts: networks(s.xforwardHosts),
+      log,
+    });
   } catch (e) {
     if (e instanceof UsersFileError) throw new ConfigError(`SMIME_RELAY_USERS (--users): ${e.message}`);
     if (e instanceof ListenerTlsError || e instanceof UnsafeBindingError) throw new ConfigError(e.message);

@@ -1,6 +1,8 @@
 import type { Logger } from 'pino';
 import type { SMTPServer, SMTPServerAuthentication, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { RelayError, replies, type SmtpReply } from '../replies.js';
+import type { Refusal } from '../smtp/refusal.js';
+import { AuthGuard } from './auth-guard.js';
 import { loadListenerTls, type ListenerTls, type ListenerTlsSettings } from './listener-tls.js';
 import { isLoopback, plainAddress, type AllowList } from './network.js';
 import type { Principal, Users } from './users.js';
@@ -11,7 +13,10 @@ import type { Principal, Users } from './users.js';
  * | gate | when | refusal |
  * |---|---|---|
  * | SMIME_RELAY_ALLOW (network) | at connect | 554 5.7.1 |
+ * | SMIME_RELAY_PROXY_PROTOCOL (balancers) | a PROXY header from anyone else | 421 4.7.0, closed |
+ * | SMIME_RELAY_XFORWARD_HOSTS | XFORWARD from anyone else | 550 5.7.0 |
  * | TLS_MODE=required | MAIL FROM (AUTH is not offered before STARTTLS) | 530 5.7.0 |
+ * | failed AUTH (src/access/auth-guard.ts) | the 3rd on a connection; over the address's budget | 421 4.7.0; 454 4.7.0 |
  * | SMIME_RELAY_USERS (identity) | MAIL FROM without AUTH | 530 5.7.0 |
  * | the user's mailboxes | MAIL FROM, then the From header | 550 5.7.1 |
  *
@@ -24,12 +29,23 @@ export interface AccessOptions {
   tls?: ListenerTls;
   /** Re-read on reload(). */
   tlsSettings?: ListenerTlsSettings;
+  /** SMIME_RELAY_PROXY_PROTOCOL: the load balancers whose PROXY header names the client. */
+  proxies?: AllowList;
+  /** SMIME_RELAY_XFORWARD_HOSTS: the MTAs (Postfix) that may name the original client with XFORWARD. */
+  xforwardHosts?: AllowList;
+  /** Failed-AUTH accounting and password-check slots; one per relay. */
+  authGuard?: AuthGuard;
   log: Logger;
 }
 
 /** What the connection itself was when it arrived, before XFORWARD could rename the client. */
 interface ConnectionFacts {
+  /** The client: the socket's peer, or the address in a trusted PROXY header. */
   address: string;
+  /**
+   * Both hops are loopback: the client, and the socket it reached us on (a balancer's, with
+   * PROXY). A password sent in clear then never crosses a network.
+   */
   loopback: boolean;
 }
 
@@ -42,10 +58,14 @@ const MAX_LOGGED_NAME = 64;
 export class AccessPolicy {
   private readonly connections = new WeakMap<SMTPServerSession, ConnectionFacts>();
   private readonly principals = new WeakMap<SMTPServerSession, Principal>();
+  /** Failed AUTH attempts per connection. */
+  private readonly authFailures = new WeakMap<SMTPServerSession, number>();
+  private readonly guard: AuthGuard;
   private tls: ListenerTls | undefined;
 
   constructor(private readonly opts: AccessOptions) {
     this.tls = opts.tls;
+    this.guard = opts.authGuard ?? new AuthGuard();
   }
 
   /** No gates: what a loopback listener without ALLOW, USERS or TLS gets. */
@@ -56,6 +76,24 @@ export class AccessPolicy {
   /** In SMIME_RELAY_ALLOW (false when there is no allow-list). */
   allowListed(address: string): boolean {
     return this.opts.allow?.allows(address) ?? false;
+  }
+
+  /** A connection from this socket address starts with a PROXY header (SMIME_RELAY_PROXY_PROTOCOL). */
+  isProxy(socketAddress: string): boolean {
+    return this.opts.proxies?.allows(socketAddress) ?? false;
+  }
+
+  /** May send XFORWARD (SMIME_RELAY_XFORWARD_HOSTS), judged on the connection's own client address. */
+  mayXforward(clientAddress: string): boolean {
+    return this.opts.xforwardHosts?.allows(clientAddress) ?? false;
+  }
+
+  /** The answer to a PROXY header or XFORWARD from a peer that is not trusted to send it. */
+  untrustedCommand(command: 'PROXY' | 'XFORWARD', address: string): Refusal {
+    const client = plainAddress(address);
+    return command === 'PROXY'
+      ? { reply: replies.proxyHeaderNotTrusted(client), why: 'closed a connection that sent a PROXY header but is not listed in SMIME_RELAY_PROXY_PROTOCOL', fields: { client } }
+      : { reply: replies.xforwardNotAllowed(client), why: 'refused XFORWARD from a client not listed in SMIME_RELAY_XFORWARD_HOSTS', fields: { client } };
   }
 
   /** The smtp-server options this policy decides; the receiver spreads them into its own. */
@@ -74,7 +112,6 @@ export class AccessPolicy {
       allowInsecureAuth: true,
       // Authentication is demanded at MAIL FROM by admitSession(), with our reply text.
       authOptional: true,
-      onConnect: (session, callback) => callback(this.connect(session)),
       onSecure: (_socket, session, callback) => {
         session.disabledCommands = this.disabledFor(session);
         callback();
@@ -107,13 +144,16 @@ export class AccessPolicy {
     return this.connections.get(session)?.loopback ?? false;
   }
 
-  private connect(session: SMTPServerSession): SmtpServerError | undefined {
+  /**
+   * onConnect: the refusal of a client outside SMIME_RELAY_ALLOW, if any. `socketAddress` is the
+   * socket's own peer, which differs from session.remoteAddress behind a PROXY balancer.
+   */
+  admitConnection(session: SMTPServerSession, socketAddress: string): Refusal | undefined {
     const address = plainAddress(session.remoteAddress);
-    this.connections.set(session, { address, loopback: isLoopback(address) });
-    const { allow, log } = this.opts;
+    this.connections.set(session, { address, loopback: isLoopback(address) && isLoopback(socketAddress) });
+    const { allow } = this.opts;
     if (allow && !allow.allows(address)) {
-      log.warn({ client: address }, 'connection refused: client address is not in SMIME_RELAY_ALLOW');
-      return asError(replies.clientNotAllowed(address));
+      return { reply: replies.clientNotAllowed(address), why: 'connection refused: client address is not in SMIME_RELAY_ALLOW', fields: { client: address } };
     }
     session.disabledCommands = this.disabledFor(session);
     return undefined;
@@ -126,14 +166,34 @@ export class AccessPolicy {
     if (!users) throw new RelayError(replies.authFailed());
     if (!this.authAllowed(session)) throw new RelayError(replies.authNeedsTls());
     const name = auth.username ?? '';
-    const principal = await users.authenticate(name, auth.password ?? '');
+    const password = auth.password ?? '';
+    const guarded = await this.guard.run(client, () => users.authenticate(name, password));
+    if (!guarded.checked) {
+      const { budget, windowMs } = this.guard.limits;
+      log.warn({ client, failures: guarded.failures, limit: budget }, 'authentication refused without a check: too many failed attempts from this address');
+      throw this.failedAttempt(session, client, replies.authBlocked(guarded.failures, Math.round(windowMs / 60_000)));
+    }
+    const principal = guarded.result;
     if (!principal) {
       const known = users.has(name);
-      log.warn({ client, method: auth.method, ...(known ? { user: name.slice(0, MAX_LOGGED_NAME) } : { userKnown: false }) }, 'authentication failed');
-      throw new RelayError(replies.authFailed());
+      log.warn(
+        { client, method: auth.method, ...(known ? { user: name.slice(0, MAX_LOGGED_NAME) } : { userKnown: false }), failuresFromAddress: this.guard.recentFailures(client) },
+        'authentication failed',
+      );
+      throw this.failedAttempt(session, client, replies.authFailed());
     }
     log.info({ client, user: principal.user, method: auth.method, tls: session.secure }, 'authenticated');
     return principal;
+  }
+
+  /** Counts a failed attempt on this connection; the last one allowed closes it (421). */
+  private failedAttempt(session: SMTPServerSession, client: string, reply: SmtpReply): RelayError {
+    const n = (this.authFailures.get(session) ?? 0) + 1;
+    this.authFailures.set(session, n);
+    const limit = this.guard.limits.perConnection;
+    if (n < limit) return new RelayError(reply);
+    this.opts.log.warn({ client, limit }, 'closed a connection after too many failed authentication attempts');
+    return new RelayError(replies.authTooManyFailures(limit));
   }
 
   /**

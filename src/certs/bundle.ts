@@ -1,15 +1,15 @@
 import { X509Certificate, type KeyObject } from 'node:crypto';
 import { toMailbox, type Mailbox } from '../mime/mailbox.js';
+import { FileKey } from '../signing/file-key.js';
+import type { SigningKey } from '../signing/key.js';
 
-/** A signing identity: private key, leaf certificate and chain, as loaded from one file. */
+/** A signing identity: private key (in the file or on a token), leaf certificate and chain, as loaded from one file. */
 export interface CertificateBundle {
   /** Path the bundle was loaded from (the symlink as configured, not its target). */
   readonly source: string;
   /** Mailboxes this certificate may sign for: SAN rfc822Name entries plus subject emailAddress. */
   readonly mailboxes: readonly Mailbox[];
-  readonly key: KeyObject;
-  /** The private key as unencrypted PKCS#8 PEM, for engines that need text (openssl). */
-  readonly keyPem: string;
+  readonly key: SigningKey;
   readonly leaf: X509Certificate;
   /** Intermediates (and possibly the root) in the order given, leaf excluded. */
   readonly chain: readonly X509Certificate[];
@@ -48,11 +48,15 @@ export function assembleBundle(source: string, key: KeyObject, certs: X509Certif
   if (!leaf) {
     throw new Error(`${source}: the private key does not match any certificate in the bundle`);
   }
+  return bundleOf(source, new FileKey(key), leaf, certs);
+}
+
+/** A bundle whose leaf is already known to belong to the key (a token key matched by its public key). */
+export function bundleOf(source: string, key: SigningKey, leaf: X509Certificate, certs: readonly X509Certificate[]): CertificateBundle {
   return {
     source,
     mailboxes: certificateMailboxes(leaf),
     key,
-    keyPem: key.export({ type: 'pkcs8', format: 'pem' }).toString(),
     leaf,
     chain: certs.filter((c) => c !== leaf),
     serial: leaf.serialNumber,

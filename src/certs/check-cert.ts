@@ -1,14 +1,24 @@
-import { warning, type Finding } from './findings.js';
+import { loadConfig } from '../config/load.js';
+import { tokenFromConfig } from '../signing/pkcs11/from-config.js';
+import { error, warning, type Finding } from './findings.js';
+import { checkRevocation, describeStatus, isoSeconds, type RevocationStatus } from './revocation/check.js';
 import { loadPath, type LoadedBundle } from './load.js';
-import { validityFindings } from './validate.js';
+import { daysUntil, validityFindings } from './validate.js';
 
-const USAGE = `Usage: smime-relay check-cert PATH [--password-file FILE] [--json]
+const USAGE = `Usage: smime-relay check-cert PATH [--password-file FILE] [--pkcs11-… ] [--json]
 
 Checks a certificate bundle before you deploy it: a PEM file (private key, certificate and
 chain in any order), a PKCS#12 file (.p12/.pfx), or a directory of them.
 
   --password-file FILE  passphrase of an encrypted key or PKCS#12 file, first line
                         (what SMIME_RELAY_CERT_PASSWORD_FILE will name)
+  --pkcs11-module FILE, --pkcs11-token LABEL, --pkcs11-pin-file FILE
+                        the PKCS#11 token that holds the keys of certificates given without
+                        one (default: SMIME_RELAY_PKCS11_MODULE, _TOKEN, _PIN_FILE)
+  --revocation off|soft|hard
+                        ask the OCSP responder (or the CRL) whether each certificate was revoked;
+                        hard: a status that cannot be checked is an error (default:
+                        SMIME_RELAY_REVOCATION, else soft)
   --json                machine-readable output
   --help                this text
 
@@ -26,13 +36,12 @@ interface Verdict {
   readonly daysLeft?: number;
 }
 
-const DAY = 86_400_000;
-
 /** `smime-relay check-cert`: the admin's check, with the same loader and rules the relay uses. */
-export async function checkCert(argv: string[], out: (s: string) => void, now: Date = new Date()): Promise<number> {
+export async function checkCert(argv: string[], out: (s: string) => void, now: Date = new Date(), err: (s: string) => void = out): Promise<number> {
   let path: string | undefined;
   let passwordFile: string | undefined;
   let json = false;
+  const settingFlags: Record<string, string> = {};
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--help' || a === '-h') {
@@ -41,16 +50,30 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
     } else if (a === '--json') json = true;
     else if (a === '--password-file') {
       passwordFile = argv[++i];
-      if (!passwordFile) return usage(out, '--password-file needs a file name');
+      if (!passwordFile) return usage(err, '--password-file needs a file name');
     } else if (a.startsWith('--password-file=')) passwordFile = a.slice('--password-file='.length);
-    else if (a.startsWith('-') && a !== '-') return usage(out, `unknown option '${a}'`);
+    else if (a.split('=')[0]! in SETTING_OPTIONS) {
+      const [name, inline] = a.split(/=(.*)/s) as [keyof typeof SETTING_OPTIONS, string | undefined];
+      const value = inline ?? argv[++i];
+      if (!value) return usage(err, `${name} needs a value`);
+      settingFlags[SETTING_OPTIONS[name]] = value;
+    } else if (a.startsWith('-') && a !== '-') return usage(err, `unknown option '${a}'`);
     else if (path === undefined) path = a;
-    else return usage(out, `only one PATH, got '${path}' and '${a}'`);
+    else return usage(err, `only one PATH, got '${path}' and '${a}'`);
   }
-  if (!path) return usage(out, 'PATH is missing');
+  if (!path) return usage(err, 'PATH is missing');
 
-  const result = loadPath(path, { passwordFile });
-  const verdicts = judge(result.entries, now);
+  // The same settings table as the relay: the flags, else SMIME_RELAY_PKCS11_* and _REVOCATION from the environment.
+  const settings = loadConfig({ flags: settingFlags, env: process.env }).config;
+  const token = tokenFromConfig(settings);
+  let result: ReturnType<typeof loadPath>;
+  try {
+    result = loadPath(path, { passwordFile, keys: token });
+  } finally {
+    token?.close();
+  }
+  const revocation = await revocationOf(result.entries, settings.revocation);
+  const verdicts = judge(result.entries.map((e) => withRevocation(e, revocation.get(e.source), settings.revocation)), now);
   const ok = verdicts.length > 0 && verdicts.every((v) => v.canSign || v.superseded);
 
   if (json) {
@@ -74,6 +97,8 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
             notAfter: v.entry.details?.notAfter.toISOString(),
             daysLeft: v.daysLeft,
             key: v.entry.details?.key,
+            keyLocation: v.entry.bundle?.key.location,
+            revocation: revocationJson(revocation.get(v.entry.source)),
             signatureAlgorithm: v.entry.details?.signatureAlgorithm,
             chain: v.entry.details?.chain,
             permissions: v.entry.permissions,
@@ -96,7 +121,7 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
     const d = v.entry.details;
     lines.push(`${v.entry.source}${v.entry.resolved ? ` -> ${v.entry.resolved}` : ''} (${v.entry.format === 'pkcs12' ? 'PKCS#12' : v.entry.format === 'pem' ? 'PEM' : 'unrecognised'})`);
     if (d) {
-      const left = v.daysLeft === undefined ? '' : v.daysLeft < 0 ? ` (expired ${-v.daysLeft} day(s) ago)` : ` (${v.daysLeft} day(s) left)`;
+      const left = v.daysLeft === undefined ? '' : d.notAfter < now ? ` (expired ${-v.daysLeft} day(s) ago)` : ` (${v.daysLeft} day(s) left)`;
       lines.push(
         `  mailboxes:    ${v.entry.mailboxes.length ? v.entry.mailboxes.join(', ') : '(none)'}`,
         `  subject:      ${d.subject}`,
@@ -104,10 +129,12 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
         `  serial:       ${d.serial}`,
         `  not before:   ${d.notBefore.toISOString()}`,
         `  not after:    ${d.notAfter.toISOString()}${left}`,
-        `  key:          ${d.key.text}`,
+        `  key:          ${keyLine(v.entry)}`,
         `  signature:    ${d.signatureAlgorithm}`,
         `  chain:        ${d.chain.status}: ${d.chain.text}`,
       );
+      const status = revocation.get(v.entry.source);
+      if (status) lines.push(`  revocation:   ${describeStatus(status)}`);
     } else if (v.entry.mailboxes.length) {
       lines.push(`  mailboxes:    ${v.entry.mailboxes.join(', ')}`);
     }
@@ -128,8 +155,48 @@ export async function checkCert(argv: string[], out: (s: string) => void, now: D
   return ok ? 0 : 1;
 }
 
-function usage(out: (s: string) => void, problem: string): number {
-  out(`check-cert: ${problem}\n\n${USAGE}`);
+/** The revocation status of every bundle that could sign, by source; none with --revocation off. */
+async function revocationOf(entries: readonly LoadedBundle[], mode: 'off' | 'soft' | 'hard'): Promise<Map<string, RevocationStatus>> {
+  const out = new Map<string, RevocationStatus>();
+  if (mode === 'off') return out;
+  await Promise.all(entries.map(async (e) => e.bundle && out.set(e.source, await checkRevocation(e.bundle))));
+  return out;
+}
+
+/** The entry with what its revocation status means for signing, as the relay would judge it. */
+function withRevocation(entry: LoadedBundle, status: RevocationStatus | undefined, mode: 'off' | 'soft' | 'hard'): LoadedBundle {
+  if (status?.state === 'revoked') {
+    return { ...entry, findings: [...entry.findings, error('revoked', `'${entry.source}': the certificate was revoked on ${isoSeconds(status.revokedAt)} (${status.reason ? `${status.reason}, ` : ''}${status.source}). The relay does not sign with it: get a new certificate from your CA.`)] };
+  }
+  if (status?.state === 'failed') {
+    const effect = mode === 'hard' ? 'With SMIME_RELAY_REVOCATION=hard the relay does not sign with it until the status can be checked.' : 'The relay signs with it anyway (SMIME_RELAY_REVOCATION=soft) and warns.';
+    const finding = mode === 'hard' ? error : warning;
+    return { ...entry, findings: [...entry.findings, finding('revocation', `'${entry.source}': the revocation status could not be checked: ${status.problem}. ${effect}`)] };
+  }
+  return entry;
+}
+
+function revocationJson(status: RevocationStatus | undefined): Record<string, unknown> | undefined {
+  if (!status) return undefined;
+  const iso = (d: Date | undefined) => d?.toISOString();
+  if (status.state === 'good' || status.state === 'revoked') {
+    return { state: status.state, source: status.source, revokedAt: status.state === 'revoked' ? iso(status.revokedAt) : undefined, reason: status.reason, thisUpdate: iso(status.thisUpdate), nextUpdate: iso(status.nextUpdate) };
+  }
+  return { state: status.state, problem: status.problem };
+}
+
+/** Options that stand for a relay setting (the token, revocation), and the setting each one names. */
+const SETTING_OPTIONS = { '--pkcs11-module': 'pkcs11Module', '--pkcs11-token': 'pkcs11Token', '--pkcs11-pin-file': 'pkcs11PinFile', '--revocation': 'revocation' } as const;
+
+/** "RSA 2048 bits", or for a key on a token "on token relay (label 'notify', id 01), RSA 2048 bits". */
+function keyLine(entry: LoadedBundle): string {
+  const location = entry.bundle?.key.location;
+  return location?.kind === 'token' ? `on token ${location.token} (${location.object}), ${entry.details!.key.text}` : entry.details!.key.text;
+}
+
+/** A usage error goes to stderr (the caller's `err`), so a script reading stdout never takes it for a verdict. */
+function usage(err: (s: string) => void, problem: string): number {
+  err(`smime-relay check-cert: ${problem}\n\n${USAGE}`);
   return 2;
 }
 
@@ -157,7 +224,7 @@ function judge(entries: readonly LoadedBundle[], now: Date): Verdict[] {
       superseded: !canSign && covered && errors.length === 0 && !!entry.bundle,
       errors,
       warnings: all.filter((f) => f.severity === 'warning'),
-      daysLeft: d ? Math.floor((d.notAfter.getTime() - now.getTime()) / DAY) : undefined,
+      daysLeft: d ? daysUntil(d.notAfter, now) : undefined,
     };
   });
 }

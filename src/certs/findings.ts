@@ -1,3 +1,5 @@
+import type { TokenErrorCode } from '../signing/pkcs11/token-error.js';
+
 /**
  * What loading and validating a certificate bundle found. An error means the relay cannot sign
  * with it (or must not); a warning means it can sign but something will bite later.
@@ -26,7 +28,13 @@ export type FindingCode =
   | 'key-type'
   | 'sha1'
   | 'pss'
-  | 'permissions';
+  | 'permissions'
+  /** The issuer says the certificate is revoked. */
+  | 'revoked'
+  /** Its revocation status could not be established (an error under SMIME_RELAY_REVOCATION=hard). */
+  | 'revocation'
+  /** The key is on a PKCS#11 token that cannot provide it (src/signing/pkcs11/token-error.ts). */
+  | TokenErrorCode;
 
 export interface Finding {
   readonly severity: 'error' | 'warning';

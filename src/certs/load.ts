@@ -4,7 +4,9 @@ import { readFileSync, readdirSync, realpathSync, statSync, type Stats } from 'n
 import { extname, join } from 'node:path';
 import * as asn1js from 'asn1js';
 import type { Mailbox } from '../mime/mailbox.js';
-import { assembleBundle, certificateMailboxes, pemBlocks, type CertificateBundle } from './bundle.js';
+import type { KeySource, SigningKey } from '../signing/key.js';
+import { TokenError } from '../signing/pkcs11/token-error.js';
+import { assembleBundle, bundleOf, certificateMailboxes, pemBlocks, type CertificateBundle } from './bundle.js';
 import { error, warning, type Finding } from './findings.js';
 import { validateLeaf, type CertificateDetails } from './validate.js';
 
@@ -34,6 +36,10 @@ export interface LoadOptions {
   passwordFile?: string;
   /** openssl binary used for PKCS#12 files. */
   openssl?: string;
+  /** The setting the path came from, as the user named it (TATTLER_EMAIL_SMIME_CERT…); default SMIME_RELAY_CERT. */
+  setting?: string;
+  /** Where a certificate without a private key in its file finds one (SMIME_RELAY_PKCS11_*). */
+  keys?: KeySource;
 }
 
 export interface PathLoad {
@@ -52,7 +58,7 @@ export function loadPath(path: string, opts: LoadOptions = {}): PathLoad {
   try {
     st = statSync(path);
   } catch (e) {
-    return { mode: 'file', entries: [failed(path, 'unknown', [accessFinding(path, e)])], skipped: [] };
+    return { mode: 'file', entries: [failed(path, 'unknown', [accessFinding(path, e, opts.setting)])], skipped: [] };
   }
   if (!st.isDirectory()) return { mode: 'file', entries: [loadFile(path, opts, false)!], skipped: [] };
 
@@ -84,10 +90,17 @@ export function loadPath(path: string, opts: LoadOptions = {}): PathLoad {
   return { mode: 'directory', entries, skipped };
 }
 
-function accessFinding(path: string, e: unknown): Finding {
+function accessFinding(path: string, e: unknown, setting = 'SMIME_RELAY_CERT'): Finding {
   const code = (e as NodeJS.ErrnoException).code;
-  if (code === 'ENOENT') return error('not-found', `'${path}' does not exist (or is a symlink to nothing). Check SMIME_RELAY_CERT.`);
-  if (code === 'EACCES') return error('unreadable', `'${path}' cannot be read by this user (uid ${process.getuid?.()}). Make the relay's user its owner: chown, then chmod 600.`);
+  if (code === 'ENOENT') return error('not-found', `'${path}' does not exist (or is a symlink to nothing). Check ${setting}.`);
+  if (code === 'EACCES') {
+    const gid = process.getgid?.();
+    return error(
+      'unreadable',
+      `'${path}' cannot be read by this user (uid ${process.getuid?.()}, gid ${gid}). Let the relay's group read it: ` +
+        `chgrp ${gid} '${path}' && chmod 640 '${path}' (its directory: chgrp ${gid} and chmod 750), or make the relay's user its owner: chown ${process.getuid?.()} '${path}' && chmod 600 '${path}'.`,
+    );
+  }
   return error('unreadable', `'${path}' cannot be read: ${(e as Error).message}`);
 }
 
@@ -95,7 +108,12 @@ function failed(source: string, format: LoadedBundle['format'], findings: Findin
   return { source, format, mailboxes, findings, permissions: permissions ?? { ok: true, text: 'not checked' } };
 }
 
-/** The private key file must be ours and ours alone; a Kubernetes Secret wants defaultMode 0400. */
+/**
+ * The private key file must be readable by the relay and nobody else but root: owned by the
+ * relay's user (mode 0600), or owned by root and readable by a group the relay belongs to (0640
+ * or 0440, as the systemd install and a Kubernetes Secret with defaultMode 0440 and fsGroup make
+ * it). Readable by everyone, by a group the relay is not in, or owned by another user: a warning.
+ */
 export function permissionVerdict(path: string, what: string): { verdict: PermissionVerdict; findings: Finding[] } {
   let st: Stats;
   try {
@@ -105,15 +123,21 @@ export function permissionVerdict(path: string, what: string): { verdict: Permis
   }
   const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
   const uid = process.getuid?.();
+  const gid = process.getgid?.();
+  const ourGroups = new Set([gid, ...(process.getgroups?.() ?? [])]);
+  const fix = `chmod 600 '${path}' owned by the relay's user, or chgrp ${gid} '${path}' && chmod 640 '${path}' (in Kubernetes, defaultMode: 0440 with fsGroup on the Secret volume)`;
   const findings: Finding[] = [];
-  if (st.mode & 0o077) {
-    findings.push(warning('permissions', `'${path}' (${what}) has mode ${mode}: it is readable by ${st.mode & 0o007 ? 'everyone' : 'its group'}. Restrict it: chmod 600 '${path}' (in Kubernetes, defaultMode: 0400 on the Secret volume).`));
+  if (st.mode & 0o007) {
+    findings.push(warning('permissions', `'${path}' (${what}) has mode ${mode}: it is readable by everyone. Restrict it: ${fix}.`));
+  } else if (st.mode & 0o070 && !ourGroups.has(st.gid)) {
+    findings.push(warning('permissions', `'${path}' (${what}) has mode ${mode}: it is readable by group ${st.gid}, which the relay (gid ${gid}) is not in. Restrict it: ${fix}.`));
   }
-  if (uid !== undefined && st.uid !== uid) {
-    findings.push(warning('permissions', `'${path}' (${what}) is owned by uid ${st.uid}, not by the user running the relay (uid ${uid}). Make it owned by that user: chown.`));
+  if (uid !== undefined && st.uid !== uid && st.uid !== 0) {
+    findings.push(warning('permissions', `'${path}' (${what}) is owned by uid ${st.uid}, neither the user running the relay (uid ${uid}) nor root: that user can read and replace it. Make it owned by the relay's user or by root: chown.`));
   }
-  const problems = [st.mode & 0o077 ? 'readable by others' : '', uid !== undefined && st.uid !== uid ? "not owned by the relay's user" : ''].filter(Boolean);
-  const text = problems.length === 0 ? `ok (mode ${mode}, owned by the relay's user)` : `mode ${mode}, owner uid ${st.uid}: ${problems.join(' and ')}`;
+  const owner = st.uid === uid ? "owned by the relay's user" : st.uid === 0 ? 'owned by root' : `owned by uid ${st.uid}`;
+  const readers = st.mode & 0o007 ? 'readable by everyone' : st.mode & 0o070 ? (ourGroups.has(st.gid) ? `readable by the relay's group ${st.gid}` : `readable by group ${st.gid}`) : '';
+  const text = `${findings.length === 0 ? 'ok' : 'NOT OK'} (mode ${mode}, ${[owner, readers].filter(Boolean).join(', ')})`;
   return { verdict: { ok: findings.length === 0, text }, findings };
 }
 
@@ -279,13 +303,14 @@ function loadPemText(source: string, text: string, opts: LoadOptions, perm: Retu
   if (certs.length === 0 && !findings.some((f) => f.code === 'bad-cert')) {
     findings.push(error('no-cert', `'${source}' has no certificate: I need a PEM file that includes 'BEGIN PRIVATE KEY' and 'BEGIN CERTIFICATE' sections. Append the certificate your CA issued, then the intermediate(s): cat key.pem cert.pem chain.pem > bundle.pem`));
   }
-  if (keyBlocks.length === 0) {
-    findings.push(error('no-key', `'${source}' has no private key: I need a PEM file that includes 'BEGIN PRIVATE KEY' and 'BEGIN CERTIFICATE' sections. Put the private key you generated the request with into the same file: cat key.pem cert.pem chain.pem > bundle.pem`));
+  if (keyBlocks.length === 0 && !opts.keys) {
+    findings.push(error('no-key', `'${source}' has no private key: I need a PEM file that includes 'BEGIN PRIVATE KEY' and 'BEGIN CERTIFICATE' sections. Put the private key you generated the request with into the same file: cat key.pem cert.pem chain.pem > bundle.pem (or, if the key is on a PKCS#11 token, set SMIME_RELAY_PKCS11_MODULE, _TOKEN and _PIN_FILE).`));
   }
   if (keyBlocks.length > 1) {
     findings.push(error('several-keys', `'${source}' holds ${keyBlocks.length} private keys; a bundle holds exactly one. In a directory, give each certificate its own file.`));
   }
   if (findings.some((f) => f.severity === 'error')) return fail();
+  if (keyBlocks.length === 0) return loadWithTokenKey(source, format, certs, guessLeaf!, opts.keys!, findings);
 
   const keyBlock = keyBlocks[0]!;
   const encrypted = keyBlock.label === 'ENCRYPTED PRIVATE KEY' || /Proc-Type:\s*4,ENCRYPTED/.test(keyBlock.text);
@@ -339,6 +364,47 @@ function loadPemText(source: string, text: string, opts: LoadOptions, perm: Retu
     details,
     findings,
     permissions: perm.verdict,
+  };
+}
+
+/**
+ * A file with certificates and no private key, paired with the key on the token whose public key
+ * is the leaf's. The leaf is the certificate that has such a key: the one naming a mailbox is
+ * tried first, so a missing key is reported for it rather than for an intermediate.
+ */
+function loadWithTokenKey(source: string, format: 'pem' | 'pkcs12', certs: X509Certificate[], guessLeaf: X509Certificate, keys: KeySource, findings: Finding[]): LoadedBundle {
+  // Certificates are public: the file's permissions only matter when it holds a key.
+  const own = findings.filter((f) => f.code !== 'permissions');
+  const permissions = { ok: true, text: `not checked: the file holds no private key (the key is on the ${keys.description})` };
+  let found: { leaf: X509Certificate; key: SigningKey; warnings: string[] } | undefined;
+  let refusal: TokenError | undefined;
+  for (const cert of [guessLeaf, ...certs.filter((c) => c !== guessLeaf)]) {
+    try {
+      found = { leaf: cert, ...keys.keyFor(cert) };
+      break;
+    } catch (e) {
+      if (!(e instanceof TokenError)) throw e;
+      refusal ??= e;
+      // Only "no key for this certificate" can differ from one certificate to the next.
+      if (e.code !== 'token-no-key') break;
+    }
+  }
+  if (!found) {
+    own.push(error(refusal!.code, `'${source}' holds no private key, and the ${keys.description} cannot provide it: ${refusal!.message}.`));
+    return failed(source, format, own, certificateMailboxes(guessLeaf), permissions);
+  }
+  for (const w of found.warnings) own.push(warning('permissions', w));
+  const bundle = bundleOf(source, found.key, found.leaf, certs);
+  const { findings: leafFindings, details } = validateLeaf(source, found.leaf.publicKey, bundle.leaf, bundle.chain, bundle.mailboxes.length);
+  own.push(...leafFindings);
+  return {
+    source,
+    format,
+    bundle: own.some((f) => f.severity === 'error') ? undefined : bundle,
+    mailboxes: bundle.mailboxes,
+    details,
+    findings: own,
+    permissions,
   };
 }
 

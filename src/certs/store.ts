@@ -2,10 +2,12 @@ import { watch, realpathSync, statSync, type FSWatcher } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import type { Mailbox } from '../mime/mailbox.js';
+import type { KeySource } from '../signing/key.js';
 import { describeForLog, type CertificateBundle } from './bundle.js';
 import { expiryWarnings } from './expiry.js';
 import { CertificateError, type Finding } from './findings.js';
 import { loadPath, pathSignature, type LoadedBundle } from './load.js';
+import type { RevocationGate } from './revocation/monitor.js';
 import { validityFindings } from './validate.js';
 
 /** What the store knows about a mailbox at the moment a message needs signing. */
@@ -30,6 +32,8 @@ export interface CertificateStore {
 export interface CertificateStoreOptions {
   /** A PEM bundle, a PKCS#12 file, or a directory of them (SMIME_RELAY_CERT). */
   path: string;
+  /** The name the path was configured under (TATTLER_EMAIL_SMIME_CERT, --cert…), for error texts; default SMIME_RELAY_CERT. */
+  setting?: string;
   /** SMIME_RELAY_CERT_PASSWORD_FILE: passphrase of encrypted keys and PKCS#12 files, first line. */
   passwordFile?: string;
   log: Logger;
@@ -42,6 +46,10 @@ export interface CertificateStoreOptions {
   /** After a failed reload, look again this much later before calling it an error: `ln -sf` and `cp` leave short gaps. Default 500 ms. */
   settleMs?: number;
   openssl?: string;
+  /** Where certificates without a private key in their file find it: a PKCS#11 token. */
+  keys?: KeySource;
+  /** Revocation of the loaded certificates (SMIME_RELAY_REVOCATION); a refused one is `unavailable`. */
+  revocation?: RevocationGate;
 }
 
 interface SourceState {
@@ -92,6 +100,11 @@ class WatchedStore implements CertificateStore {
   private readonly warned = new Set<string>();
   private readonly chosen = new Map<Mailbox, string>();
   private closed = false;
+  /**
+   * What the first load has to say, logged once the relay is sure to start. When nothing can sign,
+   * start() throws instead and its message is the one thing the admin reads, said once.
+   */
+  private startupLines: (() => void)[] | undefined = [];
 
   constructor(private readonly opts: CertificateStoreOptions) {
     this.log = opts.log.child({ component: 'certs' });
@@ -102,13 +115,17 @@ class WatchedStore implements CertificateStore {
 
   start(): void {
     this.load('startup');
+    const lines = this.startupLines ?? [];
+    this.startupLines = undefined;
     const usable = [...this.sources.values()].some((s) => s.loaded.length > 0);
     if (!usable) {
       const reasons = [...this.sources.values()].map((s) => s.failure?.reason).filter(Boolean);
+      const setting = this.opts.setting ?? 'SMIME_RELAY_CERT';
       throw new CertificateError(
-        `no usable certificate in '${this.opts.path}':\n${reasons.length ? reasons.join('\n') : `  the directory holds no certificate bundles`}\nRun \`smime-relay check-cert '${this.opts.path}'\` for details.`,
+        `${setting} names '${this.opts.path}', which holds no usable certificate:\n${reasons.length ? reasons.join('\n') : `  the directory holds no certificate bundles`}\nRun \`smime-relay check-cert '${this.opts.path}'\` for details.`,
       );
     }
+    for (const line of lines) line();
     this.rewatch();
     this.checkExpiry();
     this.daily = setInterval(() => this.checkExpiry(), DAY);
@@ -137,7 +154,8 @@ class WatchedStore implements CertificateStore {
     const entry = this.index.get(mailbox);
     if (!entry) return { kind: 'unknown' };
     const now = this.now();
-    const valid = entry.good.filter((b) => within(b, now)).sort((a, b) => b.notAfter.getTime() - a.notAfter.getTime());
+    const refusal = (b: CertificateBundle) => this.opts.revocation?.refusal(b);
+    const valid = entry.good.filter((b) => within(b, now) && !refusal(b)).sort((a, b) => b.notAfter.getTime() - a.notAfter.getTime());
     const best = valid[0];
     if (best) {
       if (valid.length > 1 && this.chosen.get(mailbox) !== best.serial) {
@@ -150,7 +168,9 @@ class WatchedStore implements CertificateStore {
     const reasons = entry.good.map((b) =>
       now < b.notBefore
         ? `the certificate for ${mailbox} (serial ${b.serial}) is not valid before ${b.notBefore.toISOString()}`
-        : `the certificate for ${mailbox} (serial ${b.serial}) expired on ${b.notAfter.toISOString()}`,
+        : now > b.notAfter
+          ? `the certificate for ${mailbox} (serial ${b.serial}) expired on ${b.notAfter.toISOString()}`
+          : `the certificate for ${mailbox} (serial ${b.serial}): ${refusal(b)}`,
     );
     if (entry.good.length === 0) reasons.push(...entry.broken.map(() => `the certificate configured for ${mailbox} cannot be loaded`));
     return { kind: 'unavailable', reason: [...new Set(reasons)].join('; ') };
@@ -175,7 +195,7 @@ class WatchedStore implements CertificateStore {
     const signature = pathSignature(path, passwordFile);
     if ((trigger === 'watch' || trigger === 'use') && signature === this.signature) return;
 
-    const result = loadPath(path, { passwordFile, openssl: this.opts.openssl });
+    const result = loadPath(path, { passwordFile, openssl: this.opts.openssl, setting: this.opts.setting, keys: this.opts.keys });
     const failing = result.entries.some((e) => !e.bundle);
     const vanished = [...this.sources.keys()].filter((s) => !result.entries.some((e) => e.source === s));
     // A file that changed while it was read may be torn even when it parses (a write that stopped
@@ -196,12 +216,12 @@ class WatchedStore implements CertificateStore {
     // everything loaded from it stays in service.
     const whole = result.entries.length === 1 && result.entries[0]!.source === path && this.sources.size > 0 && !this.sources.has(path);
 
-    for (const s of result.skipped) this.log.warn({ source: s.source }, s.reason);
+    for (const s of result.skipped) this.say(() => this.log.warn({ source: s.source }, s.reason));
     for (const entry of result.entries) {
       if (whole) break;
       const state = this.sources.get(entry.source) ?? { loaded: [] };
       this.sources.set(entry.source, state);
-      for (const f of entry.findings) if (f.severity === 'warning') this.log.warn({ source: entry.source, code: f.code }, f.message);
+      for (const f of entry.findings) if (f.severity === 'warning') this.say(() => this.log.warn({ source: entry.source, code: f.code }, f.message));
       if (!entry.bundle) {
         const kept = state.loaded[0]?.bundle;
         state.failure = { reason: errorsOf(entry.findings).map((f) => f.message).join('\n'), mailboxes: entry.mailboxes };
@@ -221,13 +241,13 @@ class WatchedStore implements CertificateStore {
         state.loaded = [entry, ...keep];
         for (const f of timeErrors) {
           const kept = keep[0]?.bundle ? `; still using serial ${keep[0].bundle.serial} until then` : '';
-          if (f.code === 'expired') this.log.error({ source: entry.source, serial: b.serial }, f.message + kept);
-          else this.log.warn({ source: entry.source, serial: b.serial }, f.message + kept);
+          if (f.code === 'expired') this.say(() => this.log.error({ source: entry.source, serial: b.serial }, f.message + kept));
+          else this.say(() => this.log.warn({ source: entry.source, serial: b.serial }, f.message + kept));
         }
         if (report && timeErrors.some((f) => f.code === 'expired')) this.opts.onReloadFailure?.(new CertificateError(timeErrors[0]!.message, timeErrors));
       }
       if (!same || trigger === 'startup' || trigger === 'signal') {
-        this.log.info({ ...describeForLog(b), trigger }, `certificate loaded for ${b.mailboxes.join(', ')} (serial ${b.serial})`);
+        this.say(() => this.log.info({ ...describeForLog(b), trigger }, `certificate loaded for ${b.mailboxes.join(', ')} (serial ${b.serial})`));
       }
     }
 
@@ -249,9 +269,14 @@ class WatchedStore implements CertificateStore {
     if (trigger !== 'startup') this.rewatch();
   }
 
+  private say(line: () => void): void {
+    if (this.startupLines) this.startupLines.push(line);
+    else line();
+  }
+
   private fail(entry: LoadedBundle, errors: Finding[], suffix: string, report: boolean): void {
     const reason = errors.map((f) => f.message).join('\n');
-    this.log.error({ source: entry.source, target: entry.resolved, codes: errors.map((f) => f.code) }, reason + suffix);
+    this.say(() => this.log.error({ source: entry.source, target: entry.resolved, codes: errors.map((f) => f.code) }, reason + suffix));
     if (report) this.opts.onReloadFailure?.(new CertificateError(reason + suffix, errors));
   }
 
@@ -272,6 +297,7 @@ class WatchedStore implements CertificateStore {
       }
     }
     this.index = index;
+    this.opts.revocation?.track([...this.sources.values()].flatMap((st) => st.loaded.map((l) => l.bundle!)));
   }
 
   /** Watches the directory holding the path and the one holding its target (renames replace inodes). */

@@ -110,6 +110,57 @@ export function chainStatus(leaf: X509Certificate, others: readonly X509Certific
   return { status, unused: [...left] };
 }
 
+const HASHES: Record<string, { name: string; bytes: number }> = {
+  '1.3.14.3.2.26': { name: 'SHA-1', bytes: 20 },
+  '2.16.840.1.101.3.4.2.1': { name: 'SHA-256', bytes: 32 },
+  '2.16.840.1.101.3.4.2.2': { name: 'SHA-384', bytes: 48 },
+  '2.16.840.1.101.3.4.2.3': { name: 'SHA-512', bytes: 64 },
+};
+
+interface PssParameters {
+  readonly hash: string;
+  readonly saltLength: number;
+  /** The salt is as long as the hash output, as the CA/Browser Forum S/MIME requirements prescribe. */
+  readonly saltIsHashLength: boolean;
+}
+
+/** RSASSA-PSS-params of a certificate's signature (RFC 4055 §3.1; absent fields are SHA-1 and 20). */
+function pssParameters(cert: pkijs.Certificate): PssParameters {
+  const raw = cert.signatureAlgorithm.algorithmParams as asn1js.Sequence | undefined;
+  let params: pkijs.RSASSAPSSParams;
+  try {
+    params = raw instanceof asn1js.Sequence ? new pkijs.RSASSAPSSParams({ schema: raw }) : new pkijs.RSASSAPSSParams();
+  } catch {
+    params = new pkijs.RSASSAPSSParams();
+  }
+  const hash = HASHES[params.hashAlgorithm.algorithmId];
+  return { hash: hash?.name ?? params.hashAlgorithm.algorithmId, saltLength: params.saltLength, saltIsHashLength: hash?.bytes === params.saltLength };
+}
+
+interface PssSigned {
+  readonly what: string;
+  readonly params: PssParameters;
+}
+
+const pssText = (p: PssParameters) => `${p.hash}, salt length ${p.saltLength}`;
+
+/**
+ * A chain signed with RSASSA-PSS. The relay signs with it as with any RSA key: its own CMS
+ * signature stays PKCS#1 v1.5, which every verifier accepts. What recipients see depends on
+ * whether their client verifies PSS certificate signatures. Measured here (test/interop.test.ts):
+ * OpenSSL 3.0.19 and NSS 3.87.1 verify both kinds; gpgsm 2.2.40 (libksba 1.6.3, libgcrypt 1.10.1)
+ * verifies a salt as long as the hash and rejects any other ("rejected due to salt length"),
+ * including the maximum salt `openssl x509 -sigopt rsa_padding_mode:pss` writes by default.
+ */
+function pssFinding(source: string, signed: readonly PssSigned[]): Finding {
+  const list = signed.map((s) => `${s.what} (${pssText(s.params)})`).join(' and ');
+  const what = `'${source}': ${list} ${signed.length > 1 ? 'are' : 'is'} signed by the CA with RSASSA-PSS.`;
+  if (signed.some((s) => !s.params.saltIsHashLength)) {
+    return warning('pss', `${what} gpgsm rejects a PSS salt length other than the hash length (measured: gpgsm 2.2.40, used by KMail and Evolution), so those recipients see a bad signature; OpenSSL 3.0.19 and NSS 3.87.1 (Thunderbird) accept it. The relay signs with it. Ask your CA for a certificate whose PSS salt is as long as the hash (32 for SHA-256), as the CA/Browser Forum S/MIME requirements prescribe.`);
+  }
+  return warning('pss', `${what} Not every mail client verifies PSS certificate signatures: measured here, OpenSSL 3.0.19, gpgsm 2.2.40 (KMail, Evolution) and NSS 3.87.1 (Thunderbird) accept this chain; Outlook and Apple Mail were not measured. The relay signs with it.`);
+}
+
 function safeVerify(cert: X509Certificate, issuer: X509Certificate): boolean {
   try {
     return cert.verify(issuer.publicKey);
@@ -119,6 +170,15 @@ function safeVerify(cert: X509Certificate, issuer: X509Certificate): boolean {
 }
 
 const days = (ms: number) => Math.floor(ms / 86_400_000);
+
+/**
+ * Whole days from `now` until `when`, negative once it has passed: the one day count that
+ * check-cert's dates and the expiry findings both print, so they never differ by one.
+ */
+export function daysUntil(when: Date, now: Date): number {
+  const ms = when.getTime() - now.getTime();
+  return ms >= 0 ? days(ms) : -days(-ms) || 0;
+}
 const isoDay = (d: Date) => d.toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
 
 /** Expired / not yet valid, judged at `now`; kept apart because the store re-judges it on every lookup. */
@@ -135,7 +195,7 @@ export function validityFindings(source: string, notBefore: Date, notAfter: Date
     return [
       error(
         'expired',
-        `'${source}': the certificate expired on ${isoDay(notAfter)}, ${days(now.getTime() - notAfter.getTime())} day(s) ago. Renew it with your CA and point the relay at the new bundle (no restart needed).`,
+        `'${source}': the certificate expired on ${isoDay(notAfter)}, ${-daysUntil(notAfter, now)} day(s) ago. Renew it with your CA and point the relay at the new bundle (no restart needed).`,
       ),
     ];
   }
@@ -151,7 +211,7 @@ export function validateLeaf(source: string, key: KeyObject, leaf: X509Certifica
   const keyInfo = describeKey(key);
   const parsed = parsePkijs(leaf);
   const sigOid = parsed?.signatureAlgorithm.algorithmId ?? '';
-  const signatureAlgorithm = SIGNATURE_NAMES[sigOid] ?? (sigOid || 'unknown');
+  const signatureAlgorithm = sigOid === OID.rsaPss && parsed ? `RSASSA-PSS (${pssText(pssParameters(parsed))})` : SIGNATURE_NAMES[sigOid] ?? (sigOid || 'unknown');
 
   if (keyInfo.type === 'RSA' && (keyInfo.bits ?? 0) < 2048) {
     findings.push(error('weak-key', `'${source}': the RSA key has ${keyInfo.bits} bits; at least 2048 are required (NIST SP 800-131A, and current clients distrust less). Get a new certificate with an RSA 2048+ or EC P-256 key.`));
@@ -165,17 +225,20 @@ export function validateLeaf(source: string, key: KeyObject, leaf: X509Certifica
   if (keyInfo.type === 'ed25519' || keyInfo.type === 'ed448') {
     findings.push(error('key-type', `'${source}': ${keyInfo.type} keys are not supported by mainstream S/MIME clients (Outlook, Thunderbird, Apple Mail). Use RSA 2048+ or EC P-256.`));
   }
-  if (WEAK_SIGNATURES.has(sigOid)) {
+  const pssLeaf = sigOid === OID.rsaPss && parsed ? pssParameters(parsed) : undefined;
+  if (WEAK_SIGNATURES.has(sigOid) || pssLeaf?.hash === 'SHA-1') {
     findings.push(error('sha1', `'${source}': the certificate is signed with ${signatureAlgorithm}. Thunderbird rejects SHA-1 (and MD5) signatures, so recipients would see a broken signature. Ask your CA for a SHA-256 certificate.`));
-  } else if (sigOid === OID.rsaPss) {
-    findings.push(error('pss', `'${source}': the certificate is signed with RSASSA-PSS, which gpgsm (KMail, Evolution) rejects. Ask your CA for a certificate signed with PKCS#1 v1.5 (sha256WithRSAEncryption) or ECDSA.`));
   }
+  const pssSigned: PssSigned[] = pssLeaf ? [{ what: 'the certificate', params: pssLeaf }] : [];
   for (const c of others) {
-    const oid = parsePkijs(c)?.signatureAlgorithm.algorithmId ?? '';
+    const p = parsePkijs(c);
+    const oid = p?.signatureAlgorithm.algorithmId ?? '';
     if (WEAK_SIGNATURES.has(oid) && !(c.checkIssued(c) && safeVerify(c, c))) {
       findings.push(warning('sha1', `'${source}': the chain certificate '${dn(c.subject)}' is signed with ${SIGNATURE_NAMES[oid]}; Thunderbird rejects SHA-1 in the chain. Get the current intermediate from your CA.`));
     }
+    if (oid === OID.rsaPss && p) pssSigned.push({ what: `'${dn(c.subject)}'`, params: pssParameters(p) });
   }
+  if (pssSigned.length) findings.push(pssFinding(source, pssSigned));
 
   const ext = new Map((parsed?.extensions ?? []).map((e) => [e.extnID, e]));
   const eku = ext.get(OID.extKeyUsage)?.parsedValue as pkijs.ExtKeyUsage | undefined;

@@ -1,15 +1,17 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { admitFromHeader } from '../admit/sender.js';
+import { admitHeader } from '../admit/header.js';
 import type { CertificateBundle } from '../certs/bundle.js';
 import { loadPath } from '../certs/load.js';
 import { validityFindings } from '../certs/validate.js';
-import { loadConfig } from '../config/load.js';
+import { ConfigError, loadConfig } from '../config/load.js';
 import { alreadyProtected } from '../mime/already-protected.js';
 import { signMessage } from '../mime/multipart-signed.js';
 import { MimeError, prepareMessage } from '../mime/prepare.js';
 import type { SigningEngine } from '../signing/engine.js';
 import { createEngine } from '../signing/create.js';
+import type { KeySource } from '../signing/key.js';
+import { tokenFromConfig } from '../signing/pkcs11/from-config.js';
 import { RelayError } from '../replies.js';
 
 export const SIGN_HELP = `Usage: smime-relay sign --cert PATH [--in FILE] [--out FILE] [options]
@@ -28,6 +30,9 @@ Options:
                               copy From, To, Subject... into the signed part, RFC 9788
                               (default: SMIME_RELAY_HEADER_PROTECTION, else off)
   -h, --help                  show this help
+
+A certificate given without its private key is signed with the key on the PKCS#11 token that
+SMIME_RELAY_PKCS11_MODULE, SMIME_RELAY_PKCS11_TOKEN and SMIME_RELAY_PKCS11_PIN_FILE name.
 
 Exit status: 0 signed (or already signed/encrypted and copied unchanged), 1 refused or failed
 (for example: the From address is not covered by the certificate), 2 usage error.
@@ -49,7 +54,7 @@ class Refusal extends Error {}
 
 /**
  * `smime-relay sign`: one message, offline. Everything it does is a pipeline stage the relay
- * uses (admitFromHeader, prepareMessage, the engine, signMessage); only the input and
+ * uses (admitHeader, prepareMessage, the engine, signMessage); only the input and
  * output differ.
  */
 export async function signCommand(argv: string[], io: SignIo = defaultIo): Promise<number> {
@@ -80,8 +85,10 @@ export async function signCommand(argv: string[], io: SignIo = defaultIo): Promi
   }
 
   let engine: SigningEngine | undefined;
+  let token: ReturnType<typeof tokenFromConfig>;
   try {
-    const bundles = loadBundles(config.cert);
+    token = tokenFromConfig(config);
+    const bundles = loadBundles(config.cert, token);
     const raw = io.readInput(values.in);
 
     const protectedAs = alreadyProtected(raw);
@@ -92,12 +99,13 @@ export async function signCommand(argv: string[], io: SignIo = defaultIo): Promi
     }
 
     const covered = [...new Set(bundles.flatMap((b) => b.mailboxes))];
-    const from = admitFromHeader(raw, covered);
+    // A file has no SMTP envelope to say SMTPUTF8; UTF-8 in its header is taken as RFC 6532.
+    const { message, from } = admitHeader(raw, { covered, smtputf8: true });
     const bundle = bundles.find((b) => b.mailboxes.includes(from))!;
     const invalid = validityFindings(bundle.source, bundle.notBefore, bundle.notAfter, new Date());
     if (invalid.length) throw new Refusal(invalid.map((f) => f.message).join('; '));
 
-    const prepared = prepareMessage(raw, { headerProtection: config.headerProtection });
+    const prepared = prepareMessage(message, { headerProtection: config.headerProtection });
     const signer = (engine = createEngine(config));
     const signed = await signMessage(prepared, (content) => signer.sign(content, bundle));
     io.writeOutput(values.out, signed);
@@ -106,16 +114,17 @@ export async function signCommand(argv: string[], io: SignIo = defaultIo): Promi
     if (e instanceof RelayError) io.error(`refused: ${e.reply.text}`);
     else if (e instanceof MimeError) io.error(`refused: the message cannot be made 7-bit safe for signing: ${e.message}`);
     else if (e instanceof Refusal) io.error(`refused: ${e.message}`);
-    else if (isFileError(e)) io.error(`${e.message}`);
+    else if (isFileError(e) || e instanceof ConfigError) io.error(`${e.message}`);
     else throw e;
     return 1;
   } finally {
     await engine?.close();
+    token?.close();
   }
 }
 
-function loadBundles(path: string): CertificateBundle[] {
-  const loaded = loadPath(path);
+function loadBundles(path: string, keys: KeySource | undefined): CertificateBundle[] {
+  const loaded = loadPath(path, { keys });
   const bundles = loaded.entries.flatMap((e) => (e.bundle ? [e.bundle] : []));
   if (bundles.length === 0) {
     const why = loaded.entries.flatMap((e) => e.findings.filter((f) => f.severity === 'error').map((f) => f.message));

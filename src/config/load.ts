@@ -1,7 +1,8 @@
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { settingList, type Config, type Setting } from './settings.js';
+import { OWN_PREFIXES, closestName, isUnknownSetting, knownNames } from './names.js';
+import { settingList, type Config, type Setting, type SettingKey } from './settings.js';
 
 /** Where a value came from, for `config --print` and error messages. */
 export type Source = 'flag' | 'env' | 'config-file' | 'config-dir' | 'default';
@@ -51,20 +52,30 @@ function readConfigFile(path: string): Record<string, unknown> {
   return data as Record<string, unknown>;
 }
 
-function readConfigDir(dir: string): Map<string, string> {
+function readConfigDir(dir: string, unknown: string[]): Map<string, string> {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) {
     throw new ConfigError(`--config-dir ${dir}: not a directory`);
   }
-  const names = new Set(settingList.flatMap((s) => [s.env, ...(s.aliases ?? [])]));
   const values = new Map<string, string>();
   for (const name of readdirSync(dir)) {
     if (name.startsWith('.')) continue;
-    if (!names.has(name)) continue; // envdir directories often hold the app's other keys too
     const path = join(dir, name);
-    if (!statSync(path).isFile()) continue;
+    // envdir directories often hold the app's other keys too; only the relay's namespaces count.
+    if (isUnknownSetting(name)) unknown.push(`${path} (--config-dir file) ${didYouMean(name)}`);
+    if (!knownNames.has(name) || !statSync(path).isFile()) continue;
     values.set(name, readFileSync(path, 'utf8').trim());
   }
   return values;
+}
+
+const didYouMean = (name: string) => `is not a setting; did you mean ${closestName(name)}?`;
+
+/** Unknown names in the relay's namespaces, from the environment (see names.ts for which count). */
+function unknownEnv(env: NodeJS.ProcessEnv): string[] {
+  return Object.keys(env)
+    .filter(isUnknownSetting)
+    .sort()
+    .map((name) => `${name} (environment variable) ${didYouMean(name)}`);
 }
 
 function pick(s: Setting, inputs: ConfigInputs, file: Record<string, unknown>, dir: Map<string, string>) {
@@ -92,10 +103,12 @@ function pick(s: Setting, inputs: ConfigInputs, file: Record<string, unknown>, d
  */
 export function loadConfig(inputs: ConfigInputs): LoadedConfig {
   const file = inputs.configFile ? readConfigFile(inputs.configFile) : {};
-  const dir = inputs.configDir ? readConfigDir(inputs.configDir) : new Map<string, string>();
+  // A misspelled name would otherwise be ignored silently, and its default used instead.
+  const unknown = unknownEnv(inputs.env ?? {});
+  const dir = inputs.configDir ? readConfigDir(inputs.configDir, unknown) : new Map<string, string>();
   const config: Record<string, unknown> = {};
   const sources: LoadedConfig['sources'] = {};
-  const problems: string[] = [];
+  const problems: string[] = [...unknown];
   for (const s of settingList) {
     const { value, source, name } = pick(s, inputs, file, dir);
     sources[s.key] = { source, name };
@@ -110,6 +123,23 @@ export function loadConfig(inputs: ConfigInputs): LoadedConfig {
       problems.push(`${s.env} (${s.flag}, from ${source === 'default' ? 'default' : name}): ${why}`);
     }
   }
-  if (problems.length) throw new ConfigError(`invalid configuration:\n  ${problems.join('\n  ')}`);
+  if (problems.length) {
+    const hint = unknown.length ? `\nNames starting with ${OWN_PREFIXES.join(' or ')} must be settings; \`smime-relay serve --help\` lists them.` : '';
+    throw new ConfigError(`invalid configuration:\n  ${problems.join('\n  ')}${hint}`);
+  }
   return { config: config as Config, sources };
+}
+
+/**
+ * The name under which the user set a setting, for error texts: the environment variable as
+ * written (TATTLER_EMAIL_SMIME_CERT, not SMIME_RELAY_CERT), the --flag, the config file key or
+ * the --config-dir file; the main environment name when the default applies.
+ */
+export function settingNames(sources: LoadedConfig['sources']): Partial<Record<SettingKey, string>> {
+  const names: Partial<Record<SettingKey, string>> = {};
+  for (const s of settingList) {
+    const from = sources[s.key];
+    names[s.key as SettingKey] = !from || from.source === 'default' ? s.env : from.name;
+  }
+  return names;
 }

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { cidrText, parseCidr } from '../access/network.js';
+import { parseEnvelopeSenders } from '../admit/envelope-senders.js';
 
 /**
  * Every setting the relay understands, in one table. Each has exactly one name per source:
@@ -50,6 +51,25 @@ const millis = z
   .string()
   .regex(/^\d+$/, 'expected a whole number of milliseconds')
   .transform(Number);
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+/**
+ * A duration as people write it: 90s, 30m, 6h, 1h30m, 1d; in milliseconds, from 1 s to 7 days
+ * (which Node's timers can still wait).
+ */
+const duration = z.string().transform((s, ctx) => {
+  const v = s.trim().toLowerCase();
+  let total = 0;
+  const rest = v.replace(/(\d+)(ms|s|m|h|d)/g, (_, n: string, unit: string) => {
+    total += Number(n) * DURATION_UNITS[unit]!;
+    return '';
+  });
+  if (!v || rest !== '' || total < 1000 || total > 7 * 86_400_000) {
+    ctx.addIssue({ code: 'custom', message: `expected a duration such as 90s, 30m or 1h (from 1s to 7d), got '${s}'` });
+    return z.NEVER;
+  }
+  return total;
+});
 
 const positiveInt = z
   .string()
@@ -103,6 +123,47 @@ export type UpstreamTarget = z.output<typeof upstreamUrl>;
 
 const text = z.string().transform((s) => s.trim());
 
+/** imaps://user:pass@host[:993]/MAILBOX, or imap://… where STARTTLS is then required. */
+const imapUrl = z.string().transform((s, ctx) => {
+  let url: URL;
+  try {
+    url = new URL(s.trim());
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `expected imaps://user:pass@host:993/INBOX, got '${s}'` });
+    return z.NEVER;
+  }
+  if (url.protocol !== 'imaps:' && url.protocol !== 'imap:') {
+    ctx.addIssue({ code: 'custom', message: `scheme must be imaps: or imap: (STARTTLS required), got '${url.protocol}'` });
+    return z.NEVER;
+  }
+  if (!url.username || !url.password) {
+    ctx.addIssue({ code: 'custom', message: 'the IMAP URL needs user:pass@ (percent-encode special characters)' });
+    return z.NEVER;
+  }
+  const secure = url.protocol === 'imaps:';
+  const masked = new URL(url.href);
+  masked.password = '****';
+  return {
+    secure,
+    host: url.hostname.replace(/^\[|\]$/g, ''),
+    port: url.port ? Number(url.port) : secure ? 993 : 143,
+    user: decodeURIComponent(url.username),
+    pass: decodeURIComponent(url.password),
+    mailbox: decodeURIComponent(url.pathname.replace(/^\//, '')) || 'INBOX',
+    display: masked.href,
+  };
+});
+export type ImapTarget = z.output<typeof imapUrl>;
+
+const envelopeSenders = z.string().transform((s, ctx) => {
+  const parsed = parseEnvelopeSenders(s);
+  if (typeof parsed === 'string') {
+    ctx.addIssue({ code: 'custom', message: parsed });
+    return z.NEVER;
+  }
+  return parsed;
+});
+
 const cidrList = z.string().transform((s, ctx) => {
   const entries = s.split(',').map((e) => e.trim()).filter(Boolean);
   if (!entries.length) {
@@ -119,6 +180,37 @@ const cidrList = z.string().transform((s, ctx) => {
   }
   return networks as readonly string[];
 });
+
+/**
+ * A list of networks, or one of `off` words for none at all (an empty variable falls back to the
+ * default, so "nobody" needs a word). `refuse` turns a value away with its own message.
+ */
+const networksOrNone = (off: readonly string[], refuse?: (value: string) => string | undefined) =>
+  z.string().transform((s, ctx) => {
+    const v = s.trim().toLowerCase();
+    if (off.includes(v)) return [] as readonly string[];
+    const refused = refuse?.(v);
+    if (refused) {
+      ctx.addIssue({ code: 'custom', message: refused });
+      return z.NEVER;
+    }
+    const parsed = cidrList.safeParse(s);
+    if (!parsed.success) {
+      for (const issue of parsed.error.issues) ctx.addIssue({ code: 'custom', message: issue.message });
+      return z.NEVER;
+    }
+    return parsed.data;
+  });
+
+/**
+ * SMIME_RELAY_PROXY_PROTOCOL: the load balancers' networks. It used to be a yes/no switch, and
+ * `true` trusted a PROXY header from anyone, so that form is refused with the new one shown.
+ */
+const proxyNetworks = networksOrNone(['false', 'no', 'off', '0', 'none'], (v) =>
+  ['true', 'yes', 'on', '1'].includes(v)
+    ? `'${v}' would trust a PROXY header from any client; list the networks of your load balancers instead, e.g. SMIME_RELAY_PROXY_PROTOCOL=10.0.0.5/32 (comma-separated CIDR)`
+    : undefined,
+);
 
 export const settings = {
   listen: {
@@ -145,6 +237,15 @@ export const settings = {
     default: undefined,
     doc: 'Users file for SMTP AUTH (PLAIN, LOGIN): one `user:scrypt-hash[:mailbox,mailbox]` per line (see Security). When set, every client must authenticate before MAIL FROM (530 5.7.0), and may only send as its listed mailboxes (550 5.7.1). Re-read on SIGHUP.',
     parse: text,
+  },
+  envelopeSenders: {
+    key: 'envelopeSenders',
+    env: 'SMIME_RELAY_ENVELOPE_SENDERS',
+    flag: '--envelope-senders',
+    default: undefined,
+    defaultText: "(unset: MAIL FROM must be a certificate's mailbox)",
+    doc: "Comma-separated envelope senders (MAIL FROM) allowed besides the certificates' mailboxes: `*` matches any characters except @, `<>` is the null sender. For bounce addresses (VERP: bounces+*@example.com) and legacy sendmail (root@*). The From header must still be a certificate's mailbox (and one of the user's, with SMIME_RELAY_USERS).",
+    parse: envelopeSenders,
   },
   tlsCert: {
     key: 'tlsCert',
@@ -176,9 +277,17 @@ export const settings = {
     env: 'SMIME_RELAY_UPSTREAM',
     flag: '--upstream',
     default: 'file:outbox',
-    doc: 'Where signed mail goes: smtp://[user:pass@]host:port (STARTTLS when offered), smtps://host:port (implicit TLS), or file:DIR (one .eml per message).',
+    doc: 'Where signed mail goes: smtp://[user:pass@]host:port (STARTTLS when offered; with a user and password only after STARTTLS, see SMIME_RELAY_UPSTREAM_INSECURE_AUTH), smtps://[user:pass@]host:port (implicit TLS), or file:DIR (one .eml per message, CRLF line endings).',
     parse: upstreamUrl,
     secret: true,
+  },
+  upstreamInsecureAuth: {
+    key: 'upstreamInsecureAuth',
+    env: 'SMIME_RELAY_UPSTREAM_INSECURE_AUTH',
+    flag: '--upstream-insecure-auth',
+    default: 'false',
+    doc: 'With a user and password in an smtp:// upstream, the relay authenticates only after STARTTLS; an upstream that does not offer it gets no AUTH, and clients get 451 4.7.0. true sends the password without TLS too: only for an MTA on loopback.',
+    parse: bool,
   },
   cert: {
     key: 'cert',
@@ -197,6 +306,47 @@ export const settings = {
     default: undefined,
     doc: 'File whose first line is the passphrase of an encrypted private key or a PKCS#12 file. Keep it mode 0600.',
     parse: text,
+  },
+  pkcs11Module: {
+    key: 'pkcs11Module',
+    env: 'SMIME_RELAY_PKCS11_MODULE',
+    flag: '--pkcs11-module',
+    default: undefined,
+    defaultText: '(unset: keys come from the certificate files)',
+    doc: "Path of the PKCS#11 module of the token that holds the private keys, e.g. /usr/lib/softhsm/libsofthsm2.so. A certificate file without a private key (certificate and chain, PEM) is then paired with the token's private key whose public key matches. Native engine only; needs the optional pkcs11js binding (see Certificates). Set together with SMIME_RELAY_PKCS11_TOKEN and SMIME_RELAY_PKCS11_PIN_FILE.",
+    parse: text,
+  },
+  pkcs11Token: {
+    key: 'pkcs11Token',
+    env: 'SMIME_RELAY_PKCS11_TOKEN',
+    flag: '--pkcs11-token',
+    default: undefined,
+    doc: 'Label of the PKCS#11 token that holds the keys.',
+    parse: text,
+  },
+  pkcs11PinFile: {
+    key: 'pkcs11PinFile',
+    env: 'SMIME_RELAY_PKCS11_PIN_FILE',
+    flag: '--pkcs11-pin-file',
+    default: undefined,
+    doc: "File whose first line is the token's user PIN. Keep it mode 0600. A PIN the token refused is not tried again until the file changes (send SIGHUP after fixing it), so the relay never locks the token.",
+    parse: text,
+  },
+  revocation: {
+    key: 'revocation',
+    env: 'SMIME_RELAY_REVOCATION',
+    flag: '--revocation',
+    default: 'soft',
+    doc: "Check whether the relay's own certificates were revoked: OCSP (the responder in the certificate's AIA), else its CRL distribution point; at load, every SMIME_RELAY_REVOCATION_INTERVAL, and when the responder's answer expires. A revoked certificate stops signing unless off: its mail gets 451 4.7.1. soft: a responder that cannot be reached is a warning and signing goes on. hard: it is treated like revoked. off: no checks.",
+    parse: oneOf(['off', 'soft', 'hard'] as const),
+  },
+  revocationInterval: {
+    key: 'revocationInterval',
+    env: 'SMIME_RELAY_REVOCATION_INTERVAL',
+    flag: '--revocation-interval',
+    default: '6h',
+    doc: "How often the revocation status is checked again (30s, 15m, 6h, 1d; at most 7d); sooner when the responder's nextUpdate says its answer expires earlier. A failed check is retried within 5 minutes.",
+    parse: duration,
   },
   onMissingCert: {
     key: 'onMissingCert',
@@ -236,7 +386,7 @@ export const settings = {
     env: 'SMIME_RELAY_MAX_CLIENTS',
     flag: '--max-clients',
     default: '200',
-    doc: 'Most simultaneous client connections; one more gets 421 and is closed.',
+    doc: 'Most simultaneous client connections; one more gets 421 4.3.2 and is closed. With more than 80% of them in use the relay is in stress mode: a client that sends less than 1 KiB/s over 10 s (nothing at all included) gets 421 4.4.2, so slow clients cannot hold every slot.',
     parse: positiveInt,
   },
   maxClientsPerIp: {
@@ -252,7 +402,7 @@ export const settings = {
     env: 'SMIME_RELAY_IDLE_TIMEOUT_MS',
     flag: '--idle-timeout-ms',
     default: '60000',
-    doc: 'Close a client connection that sends nothing for this long (421). Every byte restarts it; SMIME_RELAY_TRANSACTION_TIMEOUT_MS bounds slow senders.',
+    doc: 'Close a client connection that sends nothing for this long (421); 10 s in stress mode (see SMIME_RELAY_MAX_CLIENTS). Every byte restarts it; SMIME_RELAY_TRANSACTION_TIMEOUT_MS bounds slow senders.',
     parse: millis,
   },
   transactionTimeoutMs: {
@@ -292,8 +442,16 @@ export const settings = {
     env: 'SMIME_RELAY_ENGINE',
     flag: '--engine',
     default: 'native',
-    doc: 'native: sign in-process (Node crypto, CMS SignedData with the same signed attributes as openssl; passes the three-verifier interop suite). openssl: run `openssl cms -sign` per message (the reference; also the way to use keys held by OpenSSL providers such as PKCS#11 tokens).',
+    doc: 'native: sign in-process (Node crypto or a PKCS#11 token, CMS SignedData with the signed attributes of RFC 8551 §2.5; passes the three-verifier interop suite). openssl: run `openssl cms -sign -cades` per message (the reference; keys from files only, so it refuses to start with SMIME_RELAY_PKCS11_MODULE).',
     parse: oneOf(['native', 'openssl'] as const),
+  },
+  selfVerify: {
+    key: 'selfVerify',
+    env: 'SMIME_RELAY_SELF_VERIFY',
+    flag: '--self-verify',
+    default: 'on',
+    doc: 'on: before forwarding, read the exact outgoing bytes back as a recipient would (split, digest, signature with the signing certificate); a message that does not verify is not forwarded and the client gets 451 4.7.0. off: skip the check.',
+    parse: oneOf(['on', 'off'] as const),
   },
   signTimeoutMs: {
     key: 'signTimeoutMs',
@@ -403,13 +561,58 @@ export const settings = {
     doc: 'host:port for an HTTP listener serving /metrics (Prometheus), /healthz (liveness) and /readyz (a valid certificate is loaded and the upstream answered its last probe). Keep it on a management address.',
     parse: hostPort,
   },
+  canaryTo: {
+    key: 'canaryTo',
+    env: 'SMIME_RELAY_CANARY_TO',
+    flag: '--canary-to',
+    default: undefined,
+    defaultText: '(unset: no canary)',
+    doc: 'A mailbox the canary is sent to: every SMIME_RELAY_CANARY_INTERVAL the relay signs a test message through its own pipeline and upstream, reads it back over SMIME_RELAY_CANARY_IMAP, diagnoses it and deletes it. Set together with SMIME_RELAY_CANARY_IMAP.',
+    parse: z.string().trim().regex(/^[^@\s<>]+@[^@\s<>]+$/, 'expected a mailbox such as canary@example.org'),
+  },
+  canaryImap: {
+    key: 'canaryImap',
+    env: 'SMIME_RELAY_CANARY_IMAP',
+    flag: '--canary-imap',
+    default: undefined,
+    defaultText: '(unset)',
+    doc: 'How to read the canary mailbox: imaps://user:pass@host:993/INBOX, or imap://user:pass@host:143/INBOX with STARTTLS required. The server certificate is verified (a private CA: NODE_EXTRA_CA_CERTS).',
+    parse: imapUrl,
+    secret: true,
+  },
+  canaryFrom: {
+    key: 'canaryFrom',
+    env: 'SMIME_RELAY_CANARY_FROM',
+    flag: '--canary-from',
+    default: undefined,
+    defaultText: '(the first mailbox of the loaded certificates)',
+    doc: 'The covered mailbox the canary is signed as.',
+    parse: z.string().trim().toLowerCase().regex(/^[^@\s<>]+@[^@\s<>]+$/, 'expected a mailbox such as alerts@example.com'),
+  },
+  canaryInterval: {
+    key: 'canaryInterval',
+    env: 'SMIME_RELAY_CANARY_INTERVAL',
+    flag: '--canary-interval',
+    default: '1h',
+    doc: 'How often the canary runs (a duration such as 1h, 30m or 90s). A canary that has not arrived after this long, or after 10 minutes when that is shorter, counts as missing.',
+    parse: duration,
+  },
   proxyProtocol: {
     key: 'proxyProtocol',
     env: 'SMIME_RELAY_PROXY_PROTOCOL',
     flag: '--proxy-protocol',
-    default: 'false',
-    doc: 'true: every connection must start with a PROXY protocol v1 header (HAProxy `send-proxy`), and the address in it is the client address. Only behind a load balancer that sends it.',
-    parse: bool,
+    default: undefined,
+    defaultText: 'off',
+    doc: 'Comma-separated networks (CIDR) of the load balancers that send a PROXY protocol v1 header (HAProxy `send-proxy`). Connections from them must start with it, and the address in it is the client for logs, SMIME_RELAY_ALLOW and the per-address limits; anyone else who sends one is disconnected (421 4.7.0). The old value true is refused.',
+    parse: proxyNetworks,
+  },
+  xforwardHosts: {
+    key: 'xforwardHosts',
+    env: 'SMIME_RELAY_XFORWARD_HOSTS',
+    flag: '--xforward-hosts',
+    default: '127.0.0.0/8,::1',
+    doc: 'Comma-separated networks (CIDR) that are offered XFORWARD (Postfix `smtp_send_xforward_command`) to name the original client in the log, like Postfix\'s smtpd_authorized_xforward_hosts; others get 550 5.7.0 if they send it. none: nobody.',
+    parse: networksOrNone(['none']),
   },
 } satisfies Record<string, Setting>;
 

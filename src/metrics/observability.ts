@@ -1,7 +1,10 @@
 import type { Logger } from 'pino';
+import type { CanaryResult } from '../canary/canary.js';
+import type { CertificateBundle } from '../certs/bundle.js';
 import type { CertificateStore } from '../certs/store.js';
 import type { MemoryBudget } from '../memory/budget.js';
 import type { Upstream } from '../upstream/upstream.js';
+import { listenFailure } from '../startup-error.js';
 import { startObservabilityServer, type ObservabilityServer } from './http.js';
 import { createPrometheusMetrics, type PrometheusMetrics } from './prometheus.js';
 import { Readiness } from './readiness.js';
@@ -14,10 +17,14 @@ export interface ServeDeps {
   /** True while the SMTP listener accepts connections. */
   live: () => boolean;
   connections: () => number;
+  /** Stress mode is on (src/smtp/stress.ts). */
+  stress: () => boolean;
   /** SMIME_RELAY_MEMORY_BUDGET, read at every scrape. */
   memory?: MemoryBudget;
   /** Upstream probe interval; tests shorten it. */
   probeIntervalMs?: number;
+  /** How the user named SMIME_RELAY_METRICS, for the error when it cannot listen. */
+  setting?: string;
 }
 
 /**
@@ -32,19 +39,35 @@ export class Observability {
   private server: ObservabilityServer | undefined;
   private readiness: Readiness | undefined;
 
-  constructor(private readonly listen: { host: string; port: number } | undefined) {
+  constructor(
+    private readonly listen: { host: string; port: number } | undefined,
+    opts: {
+      /** SMIME_RELAY_CANARY_TO is set: the canary metrics exist. */
+      canary?: boolean;
+      /** Feeds smime_relay_certificate_revoked; left out when revocation checks are off. */
+      revoked?: (bundle: CertificateBundle) => boolean;
+    } = {},
+  ) {
     this.prometheus = listen
       ? createPrometheusMetrics({
           certificates: () => this.deps?.certs.bundles() ?? [],
           connections: () => this.deps?.connections() ?? 0,
+          canary: opts.canary,
+          stress: () => this.deps?.stress() ?? false,
+          revoked: opts.revoked,
           memory: () => this.deps?.memory,
         })
       : undefined;
     this.metrics = this.prometheus ?? noMetrics;
   }
 
+  /** For the canary's results. */
+  readonly canary = (result: CanaryResult, at: Date): void => this.prometheus?.canary(result, at);
+
   /** For the certificate store's onReloadFailure. */
   readonly reloadFailure = (): void => this.prometheus?.reloadFailure();
+  /** For the revocation monitor's onCheckFailure. */
+  readonly revocationCheckFailure = (): void => this.prometheus?.revocationCheckFailure();
 
   /** The bound address of the metrics listener, once serving. */
   get address(): { host: string; port: number } | undefined {
@@ -64,7 +87,7 @@ export class Observability {
         log: deps.log,
       });
     } catch (e) {
-      throw new Error(`SMIME_RELAY_METRICS ${this.listen.host}:${this.listen.port}: cannot listen (${(e as Error).message})`);
+      throw listenFailure(deps.setting ?? 'SMIME_RELAY_METRICS', this.listen, e);
     }
     this.readiness.start();
     const { host, port } = this.server.address;

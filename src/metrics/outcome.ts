@@ -15,12 +15,14 @@ export const OUTCOMES = [
   'upstream_tempfail',
   'upstream_permfail',
   'sign_error',
+  /** Signed, but the outgoing bytes failed self-verification (SMIME_RELAY_SELF_VERIFY): not forwarded. */
+  'self_verify_failed',
 ] as const;
 
 export type MessageOutcome = (typeof OUTCOMES)[number];
 
 /** The pipeline stages that are timed (`smime_relay_stage_duration_seconds{stage}`). */
-export const STAGES = ['prepare', 'sign', 'upstream'] as const;
+export const STAGES = ['prepare', 'sign', 'self_verify', 'upstream'] as const;
 
 export type Stage = (typeof STAGES)[number];
 

@@ -411,17 +411,20 @@ export function encodeWords(bytes: Buffer): string {
 
 /**
  * Folds lines over 998 octets (RFC 5322 §2.1.1) by inserting CRLF in front of a blank, which
- * unfolding removes again. A line with no blank to fold at cannot be sent: MimeError.
+ * unfolding removes again. Never where either side would be only blanks: a line of whitespace
+ * alone is the end of the header to some MTAs. A line with no blank to fold at cannot be sent:
+ * MimeError.
  */
 export function foldLongLines(field: HeaderField): HeaderField {
   if (field.lines.every((l) => l.length <= 998)) return field;
   const lines: Buffer[] = [];
   for (let line of field.lines) {
+    let lastNonBlank = line.length - 1;
+    while (lastNonBlank >= 0 && isBlankByte(line[lastNonBlank]!)) lastNonBlank--;
     while (line.length > 998) {
       let cut = -1;
-      for (let k = 998; k > 0; k--) {
-        const c = line[k];
-        if ((c === 0x20 || c === 0x09) && hasNonBlank(line, k)) {
+      for (let k = Math.min(998, lastNonBlank - 1); k > 0; k--) {
+        if (isBlankByte(line[k]!) && hasNonBlank(line, k)) {
           cut = k;
           break;
         }
@@ -429,13 +432,16 @@ export function foldLongLines(field: HeaderField): HeaderField {
       if (cut === -1) throw new MimeError(`header field "${displayName(field)}" has a line over 998 octets`);
       lines.push(line.subarray(0, cut));
       line = line.subarray(cut);
+      lastNonBlank -= cut;
     }
     lines.push(line);
   }
   return { name: field.name, lines };
 }
 
+const isBlankByte = (c: number): boolean => c === 0x20 || c === 0x09;
+
 function hasNonBlank(line: Buffer, end: number): boolean {
-  for (let i = 0; i < end; i++) if (line[i] !== 0x20 && line[i] !== 0x09) return true;
+  for (let i = 0; i < end; i++) if (!isBlankByte(line[i]!)) return true;
   return false;
 }

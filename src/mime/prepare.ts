@@ -15,6 +15,7 @@
  * - with header protection, a copied field that cannot be made 7-bit (a UTF-8 address in To) is
  *   not copied: it stays outside, where RFC 9788 readers treat it as unprotected.
  */
+import { isAscii, isUtf8 } from 'node:buffer';
 import { rewriteEntity, type Walk } from './entity.js';
 import { EntityPieces } from './entity-pieces.js';
 import { MimeError } from './error.js';
@@ -49,7 +50,7 @@ export interface PreparedMessage {
   outerHeaders: Buffer;
   /**
    * The entity to sign: the original Content-* header fields (Content-Type defaulting to
-   * text/plain; charset=us-ascii), a blank line, then the body, 7-bit clean, CRLF only,
+   * text/plain; charset=us-ascii, or utf-8 / unknown-8bit for an 8-bit body), a blank line, then the body, 7-bit clean, CRLF only,
    * no line over 998 octets, top-level epilogue dropped. A multipart entity ends with its
    * close delimiter and one CRLF; the builder adds "CRLF--boundary" after the entity.
    * Still in pieces: it is written once, into the outgoing message (src/mime/multipart-signed.ts).
@@ -91,9 +92,10 @@ function prepare(raw: Buffer, opts: PrepareOptions): PreparedMessage {
     if (field.name.startsWith('content-')) content.push(field);
     else if (field.name !== 'mime-version') outer.push(...serializeField(field));
   }
+  const body = raw.subarray(block.bodyStart);
   if (!content.some((f) => f.name === 'content-type')) {
-    // RFC 2045 §5.2 default, written out because the entity is read on its own
-    content.unshift(makeField('Content-Type', 'text/plain; charset=us-ascii'));
+    // Written out because the entity is read on its own, and then quoted-printable-encoded.
+    content.unshift(makeField('Content-Type', `text/plain; charset=${legacyCharset(body)}`));
   }
   if (opts.headerProtection === 'clear') {
     content = content.map((f) => (f.name === 'content-type' ? withHpClear(f) : f));
@@ -108,7 +110,7 @@ function prepare(raw: Buffer, opts: PrepareOptions): PreparedMessage {
   }
 
   const walk: Walk = { limits, parts: 0, out: new EntityPieces() };
-  rewriteEntity(content, raw.subarray(block.bodyStart), walk, {
+  rewriteEntity(content, body, walk, {
     depth: 0,
     top: true,
     defaultType: 'text/plain',
@@ -116,6 +118,18 @@ function prepare(raw: Buffer, opts: PrepareOptions): PreparedMessage {
     message: false,
   });
   return { outerHeaders: Buffer.concat(outer), entity: walk.out };
+}
+
+/**
+ * The charset of a body that came without MIME headers. RFC 2045 §5.2 says us-ascii, which is
+ * true of 7-bit text; but legacy senders (cron, `mail`, old scripts) put 8-bit text there, and
+ * once it is quoted-printable-encoded under a us-ascii label every client shows replacement
+ * characters. UTF-8 is what such bytes almost always are and can be recognised reliably; anything
+ * else is labelled unknown-8bit (RFC 1428), which claims no charset at all, rather than a wrong one.
+ */
+function legacyCharset(body: Buffer): 'us-ascii' | 'utf-8' | 'unknown-8bit' {
+  if (isAscii(body)) return 'us-ascii';
+  return isUtf8(body) ? 'utf-8' : 'unknown-8bit';
 }
 
 function positive(value: number | undefined, fallback: number): number {

@@ -2,8 +2,9 @@ import type { CertificateBundle } from '../certs/bundle.js';
 
 /**
  * Produces a detached CMS SignedData (DER) over exactly the given bytes, with SHA-256,
- * signed attributes contentType, signingTime, messageDigest and smimeCapabilities, and the
- * leaf plus chain certificates embedded (RFC 8551 §2.5, §3.5).
+ * signed attributes contentType, signingTime, messageDigest, smimeCapabilities and ESS
+ * signingCertificateV2 (the native engine also SMIMEEncryptionKeyPreference), and the leaf plus
+ * chain certificates embedded (RFC 8551 §2.5, §3.5).
  */
 export interface SigningEngine {
   readonly name: 'openssl' | 'native';

@@ -1,8 +1,9 @@
-import { createHash, sign as cryptoSign, type KeyObject } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import * as asn1js from 'asn1js';
 import * as pkijs from 'pkijs';
 import type { CertificateBundle } from '../certs/bundle.js';
 import { SigningError, type SigningEngine } from './engine.js';
+import type { SigningKey } from './key.js';
 
 const OID = {
   data: '1.2.840.113549.1.7.1',
@@ -11,6 +12,8 @@ const OID = {
   messageDigest: '1.2.840.113549.1.9.4',
   signingTime: '1.2.840.113549.1.9.5',
   smimeCapabilities: '1.2.840.113549.1.9.15',
+  signingCertificateV2: '1.2.840.113549.1.9.16.2.47',
+  encryptionKeyPreference: '1.2.840.113549.1.9.16.2.11',
   sha256: '2.16.840.1.101.3.4.2.1',
   rsaEncryption: '1.2.840.113549.1.1.1',
   ecdsaWithSha256: '1.2.840.10045.4.3.2',
@@ -35,6 +38,8 @@ const SIGNED_DATA_OID = der(oid(OID.signedData));
 const CONTENT_TYPE_ATTRIBUTE = der(seq(oid(OID.contentType), set(oid(OID.data))));
 const SIGNING_TIME_OID = der(oid(OID.signingTime));
 const MESSAGE_DIGEST_OID = der(oid(OID.messageDigest));
+const SIGNING_CERTIFICATE_V2_OID = der(oid(OID.signingCertificateV2));
+const ENCRYPTION_KEY_PREFERENCE_OID = der(oid(OID.encryptionKeyPreference));
 /**
  * Only the AES-CBC ciphers, strongest first (RFC 8551 §2.5.2). openssl also advertises
  * 3DES, RC2 and DES, which would invite a correspondent to encrypt to us with broken ciphers.
@@ -52,9 +57,11 @@ const ECDSA_SIGNATURE_ALGORITHM = der(seq(oid(OID.ecdsaWithSha256)));
 
 /** What is fixed per signing identity, so a message costs one hash, one signature and a few copies. */
 interface SignerTemplate {
-  key: KeyObject;
+  key: SigningKey;
   /** DER of IssuerAndSerialNumber, copied byte for byte from the leaf. */
   sid: Buffer;
+  /** The signed attributes that name the signer certificate (RFC 5035 §3, RFC 8551 §2.5.3). */
+  identityAttributes: Buffer[];
   signatureAlgorithm: Buffer;
   /** DER of the [0] IMPLICIT CertificateSet: leaf plus chain. */
   certificates: Buffer;
@@ -62,32 +69,41 @@ interface SignerTemplate {
 
 /**
  * Signs in-process: a detached CMS SignedData with the same shape as
- * `openssl cms -sign -binary -md sha256` (RFC 5652 §5, RFC 8551 §2.5).
+ * `openssl cms -sign -binary -cades -md sha256` (RFC 5652 §5, RFC 8551 §2.5).
  *
  * PKI.js's own SignedData.sign costs about 3.8 ms per message here, more than ten times the
  * RSA operation, mostly in building and re-encoding objects. So PKI.js parses each identity
  * once, the per-message parts are a handful of DER fields written directly, and the signature
- * comes from Node's crypto.sign with a callback, which runs on the libuv thread pool and leaves
- * the event loop free for SMTP.
+ * comes from the bundle's key: Node's crypto.sign for a key from the file, the token for a
+ * PKCS#11 key, both off the event loop so it stays free for SMTP.
  */
 export class NativeEngine implements SigningEngine {
   readonly name = 'native' as const;
   private readonly templates = new WeakMap<CertificateBundle, SignerTemplate>();
+  private readonly now: () => Date;
+
+  /** `now` is the signingTime clock; tests pin it to compare with openssl's output byte for byte. */
+  constructor(opts: { now?: () => Date } = {}) {
+    this.now = opts.now ?? (() => new Date());
+  }
 
   async sign(content: Buffer, bundle: CertificateBundle): Promise<Buffer> {
     const t = this.templateFor(bundle);
     const digest = createHash('sha256').update(content).digest();
+    // The set RFC 8551 §2.5 asks senders for; README "Interoperability" says why each is there.
     const attributes = [
       CONTENT_TYPE_ATTRIBUTE,
-      tlv(0x30, SIGNING_TIME_OID, tlv(0x31, encodeTime(new Date()))),
+      tlv(0x30, SIGNING_TIME_OID, tlv(0x31, encodeTime(this.now()))),
       tlv(0x30, MESSAGE_DIGEST_OID, tlv(0x31, tlv(0x04, digest))),
       SMIME_CAPABILITIES_ATTRIBUTE,
+      ...t.identityAttributes,
     ];
-    // DER SET OF: elements in ascending order of their encodings (X.690 §11.6). Verifiers such as
-    // openssl re-encode the attributes before checking, so an unsorted set would not verify.
+    // DER SET OF: elements in ascending order of their encodings (X.690 §11.6), as `openssl cms
+    // -sign` writes them. DER requires it; the verifiers do not: openssl, gpgsm and NSS all accept
+    // an unsorted set, because they check the signature over the bytes as received.
     const attributeBytes = Buffer.concat(attributes.sort(Buffer.compare));
     // The signature covers the attributes with the SET tag, although they travel as [0] (RFC 5652 §5.4).
-    const signature = await signAsync(tlv(0x31, attributeBytes), t.key);
+    const signature = await t.key.sign(tlv(0x31, attributeBytes));
     const signerInfo = tlv(
       0x30,
       VERSION_1,
@@ -121,10 +137,12 @@ function buildTemplate(bundle: CertificateBundle): SignerTemplate {
     throw new SigningError(`${bundle.source}: cannot parse the signer certificate: ${(e as Error).message}`);
   }
   // The raw issuer and serial bytes, not a re-encoding: verifiers match them against the certificate.
-  const sid = tlv(0x30, Buffer.from(leaf.issuer.valueBeforeDecode), Buffer.from(leaf.serialNumber.valueBeforeDecodeView));
+  const issuer = Buffer.from(leaf.issuer.valueBeforeDecode);
+  const serial = Buffer.from(leaf.serialNumber.valueBeforeDecodeView);
+  const sid = tlv(0x30, issuer, serial);
 
   let signatureAlgorithm: Buffer;
-  switch (bundle.key.asymmetricKeyType) {
+  switch (bundle.key.type) {
     case 'rsa':
       signatureAlgorithm = RSA_SIGNATURE_ALGORITHM;
       break;
@@ -133,7 +151,7 @@ function buildTemplate(bundle: CertificateBundle): SignerTemplate {
       break;
     default:
       throw new SigningError(
-        `${bundle.source}: the native engine signs with RSA (PKCS#1 v1.5) or ECDSA keys, not ${bundle.key.asymmetricKeyType ?? 'this key type'}`,
+        `${bundle.source}: the native engine signs with RSA (PKCS#1 v1.5) or ECDSA keys, not ${bundle.key.type}`,
       );
   }
 
@@ -143,16 +161,27 @@ function buildTemplate(bundle: CertificateBundle): SignerTemplate {
     if (!certs.some((c) => c.equals(cert.raw))) certs.push(cert.raw);
   }
   certs.sort(Buffer.compare);
-  return { key: bundle.key, sid, signatureAlgorithm, certificates: tlv(0xa0, ...certs) };
+  return { key: bundle.key, sid, identityAttributes: identityAttributes(bundle.leaf.raw, issuer, serial), signatureAlgorithm, certificates: tlv(0xa0, ...certs) };
 }
 
-function signAsync(data: Buffer, key: KeyObject): Promise<Buffer> {
-  // For EC keys Node's default dsaEncoding is 'der', the ECDSA-Sig-Value CMS wants (RFC 5753 §2.1.1).
-  return new Promise((resolve, reject) =>
-    cryptoSign('sha256', data, key, (err, sig) =>
-      err ? reject(new SigningError(`signature failed: ${err.message}`)) : resolve(sig),
-    ),
-  );
+/**
+ * The two signed attributes that name the signer certificate, fixed per identity:
+ * - ESS signingCertificateV2 (RFC 5035 §3) binds the signature to this very certificate, so it
+ *   cannot be passed off as made with another certificate for the same key. One ESSCertIDv2: the
+ *   SHA-256 of the certificate (hashAlgorithm left out, DER omits the DEFAULT sha256) and
+ *   issuerSerial, the issuer as a directoryName [4] and the serial; byte for byte what
+ *   `openssl cms -sign -cades` writes.
+ * - SMIMEEncryptionKeyPreference (RFC 8551 §2.5.3) tells correspondents which certificate to
+ *   encrypt replies to: the signer's own, as issuerAndSerialNumber [0] IMPLICIT.
+ */
+function identityAttributes(leafDer: Buffer, issuer: Buffer, serial: Buffer): Buffer[] {
+  const certHash = createHash('sha256').update(leafDer).digest();
+  const issuerSerial = tlv(0x30, tlv(0x30, tlv(0xa4, issuer)), serial);
+  const signingCertificateV2 = tlv(0x30, tlv(0x30, tlv(0x30, tlv(0x04, certHash), issuerSerial)));
+  return [
+    tlv(0x30, SIGNING_CERTIFICATE_V2_OID, tlv(0x31, signingCertificateV2)),
+    tlv(0x30, ENCRYPTION_KEY_PREFERENCE_OID, tlv(0x31, tlv(0xa0, issuer, serial))),
+  ];
 }
 
 /** DER tag-length-value; every tag used here is a single octet. */

@@ -4,6 +4,7 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { CertificateBundle } from '../certs/bundle.js';
 import { SigningError, type SigningEngine } from './engine.js';
+import { FileKey } from './file-key.js';
 import { Semaphore } from './semaphore.js';
 
 export interface OpensslEngineOptions {
@@ -44,7 +45,9 @@ export class OpensslEngine implements SigningEngine {
 
   private spawnSign(content: Buffer, bundle: CertificateBundle): Promise<Buffer> {
     const files = this.materialFor(bundle);
-    const args = ['cms', '-sign', '-binary', '-md', 'sha256', '-outform', 'DER', '-signer', files.signer, '-inkey', files.key];
+    // -cades adds ESS signingCertificateV2 (RFC 5035). openssl's command line has no way to add
+    // SMIMEEncryptionKeyPreference, so only the native engine sends that one.
+    const args = ['cms', '-sign', '-binary', '-cades', '-md', 'sha256', '-outform', 'DER', '-signer', files.signer, '-inkey', files.key];
     if (files.chain) args.push('-certfile', files.chain);
     return new Promise((resolve, reject) => {
       const child = spawn(this.binary, args, { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -86,10 +89,13 @@ export class OpensslEngine implements SigningEngine {
       writeFileSync(base + suffix, text, { mode: 0o600 });
       return base + suffix;
     };
+    // app.ts refuses SMIME_RELAY_PKCS11_MODULE with this engine at start-up; this is the backstop.
+    if (!(bundle.key instanceof FileKey)) throw new SigningError(`${bundle.source}: the openssl engine signs only with keys from the bundle file, not with a key on a PKCS#11 token`);
+    const keyPem = bundle.key.pem;
     const chainPem = bundle.chain.map((c) => c.toString()).join('');
     const files = {
       signer: write('.crt', bundle.leaf.toString()),
-      key: write('.key', bundle.keyPem),
+      key: write('.key', keyPem),
       ...(chainPem ? { chain: write('.chain', chainPem) } : {}),
     };
     this.materials.set(bundle, files);

@@ -1,9 +1,9 @@
-import type { Logger } from 'pino';
 import type { SMTPServerSession } from 'smtp-server';
 import type { MemoryBudget, Reservation, Shortfall } from '../memory/budget.js';
 import { messageFootprint } from '../memory/footprint.js';
 import type { RelayMetrics } from '../metrics/relay-metrics.js';
-import { replies, type SmtpReply } from '../replies.js';
+import { replies } from '../replies.js';
+import type { Refusal } from './refusal.js';
 
 export interface MemoryAdmissionOptions {
   budget: MemoryBudget;
@@ -11,7 +11,6 @@ export interface MemoryAdmissionOptions {
   signing: boolean;
   /** SMIME_RELAY_IDLE_TIMEOUT_MS: a client waiting for its MAIL FROM reply is idle on that clock. */
   idleTimeoutMs: number;
-  log: Logger;
   metrics: RelayMetrics;
 }
 
@@ -45,7 +44,7 @@ export class MemoryAdmission {
   }
 
   /** MAIL FROM: the refusal, or undefined once the declared size (if any) is reserved. */
-  async admit(session: SMTPServerSession, declaredSize: number | undefined): Promise<SmtpReply | undefined> {
+  async admit(session: SMTPServerSession, declaredSize: number | undefined): Promise<Refusal | undefined> {
     this.drop(session);
     if (declaredSize === undefined) return undefined;
     const bytes = messageFootprint(declaredSize, this.opts.signing);
@@ -63,7 +62,7 @@ export class MemoryAdmission {
     // granted just as the connection closed: closed() has run already, so nobody else gives it back
     if (wait.signal.aborted) {
       result.release();
-      return replies.insufficientMemory('the connection closed while waiting');
+      return this.refuse(session, 'cancelled', declaredSize, performance.now() - started);
     }
     this.pending.set(session.id, result);
     return undefined;
@@ -97,18 +96,17 @@ export class MemoryAdmission {
     this.pending.delete(session.id);
   }
 
-  private refuse(session: SMTPServerSession, why: Shortfall, declaredSize: number, waitedMs: number): SmtpReply {
+  private refuse(session: SMTPServerSession, why: Shortfall, declaredSize: number, waitedMs: number): Refusal {
+    const fields = { client: session.remoteAddress, size: declaredSize, reason: why, waitedMs: Math.round(waitedMs), reserved: this.opts.budget.reserved, budget: this.opts.budget.limit };
     // the client hung up while it waited: nobody reads this reply, and no message was refused
-    if (why === 'cancelled') return replies.insufficientMemory('the connection closed while waiting');
+    if (why === 'cancelled') {
+      return { reply: replies.insufficientMemory('the connection closed while waiting'), why: 'MAIL FROM abandoned: the client closed the connection while waiting for room in SMIME_RELAY_MEMORY_BUDGET', fields };
+    }
+    this.opts.metrics.outcome('rejected_memory');
     const reply =
       why === 'larger-than-budget'
         ? replies.insufficientMemory(`a message of ${declaredSize} bytes needs more than the whole memory budget`)
         : replies.insufficientMemory(`no room within ${this.waitMs} ms`);
-    this.opts.metrics.outcome('rejected_memory');
-    this.opts.log.warn(
-      { client: session.remoteAddress, size: declaredSize, reason: why, waitedMs: Math.round(waitedMs), reserved: this.opts.budget.reserved, budget: this.opts.budget.limit },
-      `MAIL FROM with SIZE=${declaredSize} did not fit into SMIME_RELAY_MEMORY_BUDGET; answered 452 4.3.1`,
-    );
-    return reply;
+    return { reply, why: `MAIL FROM with SIZE=${declaredSize} did not fit into SMIME_RELAY_MEMORY_BUDGET; answered 452 4.3.1`, fields };
   }
 }

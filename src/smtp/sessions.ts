@@ -2,6 +2,8 @@ import type { Logger } from 'pino';
 import type { SMTPServer, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import type { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { replies, type SmtpReply } from '../replies.js';
+import { announce, type Refusal } from './refusal.js';
+import { StressMode } from './stress.js';
 
 export interface SessionPolicyOptions {
   /** SMIME_RELAY_MAX_CLIENTS: smtp-server answers 421 past it. */
@@ -35,8 +37,12 @@ const DRAIN_GRACE_MS = 1_000;
  * client is greeted (or its previous message was answered) to the end of DATA, and nothing the
  * client sends extends it. Signing and forwarding are not counted: they have their own timeouts.
  *
- * Only the public surface of smtp-server is used: `server.connections` and each connection's
- * `id`, `session`, `remoteAddress` and `send()` (a 421 closes the connection).
+ * When the relay is nearly full, stress mode (src/smtp/stress.ts) also closes clients that send
+ * too little for too long.
+ *
+ * Of smtp-server, `server.connections` and each connection's `id`, `session`, `remoteAddress` and
+ * `send()` (a 421 closes the connection) are used; stress mode also reads `_socket` and
+ * `_handlerPending`.
  */
 export class SessionPolicy {
   private server: SMTPServer | undefined;
@@ -52,9 +58,24 @@ export class SessionPolicy {
   private draining = false;
   private drained: Promise<void> | undefined;
   private readonly log: Logger;
+  private readonly stress: StressMode;
 
   constructor(private readonly opts: SessionPolicyOptions) {
     this.log = opts.log;
+    this.stress = new StressMode({
+      maxClients: opts.maxClients,
+      log: opts.log,
+      host: {
+        connections: () => this.connections(),
+        busy: (id) => this.busy.has(id),
+        hangUp: (c, refusal) => this.hangUp(c, refusal),
+      },
+    });
+  }
+
+  /** Stress mode is on (the smime_relay_stress gauge). */
+  get stressed(): boolean {
+    return this.stress.on;
   }
 
   /** The limits smtp-server enforces itself. */
@@ -71,9 +92,9 @@ export class SessionPolicy {
     this.server = server;
   }
 
-  /** onConnect: the reply that refuses this connection, if any; otherwise its clock starts. */
-  admitConnection(session: SMTPServerSession): SmtpReply | undefined {
-    if (this.draining) return replies.shuttingDown();
+  /** onConnect: the refusal of this connection, if any; otherwise its clock starts. */
+  admitConnection(session: SMTPServerSession): Refusal | undefined {
+    if (this.draining) return { reply: replies.shuttingDown(), why: 'connection refused: shutting down', fields: { client: session.remoteAddress } };
     const { maxClientsPerIp } = this.opts;
     this.peers.set(session.id, session.remoteAddress);
     let fromSameAddress = 0;
@@ -81,28 +102,36 @@ export class SessionPolicy {
     // This connection is already recorded, so it is counted too.
     if (fromSameAddress > maxClientsPerIp) {
       this.peers.delete(session.id);
-      this.log.warn({ client: session.remoteAddress, limit: maxClientsPerIp }, 'refused a connection: too many from one address');
-      return replies.tooManyConnectionsFromAddress(session.remoteAddress, maxClientsPerIp);
+      return {
+        reply: replies.tooManyConnectionsFromAddress(session.remoteAddress, maxClientsPerIp),
+        why: 'refused a connection: too many from one address',
+        fields: { client: session.remoteAddress, limit: maxClientsPerIp },
+      };
     }
     this.startClock(session);
+    this.stress.check();
     return undefined;
   }
 
   /** onMailFrom: a draining relay starts no new transaction. */
-  admitTransaction(): SmtpReply | undefined {
-    return this.draining ? replies.shuttingDown() : undefined;
+  admitTransaction(): Refusal | undefined {
+    return this.draining ? { reply: replies.shuttingDown(), why: 'MAIL FROM refused: shutting down' } : undefined;
   }
 
   /**
    * onRcptTo. Counted here rather than by smtp-server's maxRecipients so the reply carries 4.5.3
    * and says what to do; a repeated address does not count, as in smtp-server.
    */
-  admitRecipient(session: SMTPServerSession, address: string): SmtpReply | undefined {
+  admitRecipient(session: SMTPServerSession, address: string): Refusal | undefined {
     const rcpts = session.envelope.rcptTo;
     if (rcpts.length < this.opts.maxRecipients) return undefined;
     const key = address.toLowerCase();
     if (rcpts.some((r) => r.address.toLowerCase() === key)) return undefined;
-    return replies.tooManyRecipients(this.opts.maxRecipients);
+    return {
+      reply: replies.tooManyRecipients(this.opts.maxRecipients),
+      why: 'RCPT TO refused: too many recipients',
+      fields: { client: session.remoteAddress, rcptTo: address, limit: this.opts.maxRecipients },
+    };
   }
 
   /** The whole message has arrived: the client is now waiting on us, not the other way round. */
@@ -116,7 +145,7 @@ export class SessionPolicy {
     this.busy.delete(session.id);
     if (this.draining) {
       const c = this.connection(session.id);
-      if (c) setImmediate(() => this.hangUp(c, replies.shuttingDown()));
+      if (c) setImmediate(() => this.say(c, replies.shuttingDown()));
       return;
     }
     this.startClock(session);
@@ -124,6 +153,7 @@ export class SessionPolicy {
 
   /** onClose. */
   closed(session: SMTPServerSession): void {
+    this.stress.forget(session.id);
     this.peers.delete(session.id);
     this.stopClock(session.id);
     this.busy.delete(session.id);
@@ -143,9 +173,10 @@ export class SessionPolicy {
     const server = this.server;
     if (!server) return;
     this.draining = true;
+    this.stress.stop();
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     const sweep = () => {
-      for (const c of this.connections()) if (!this.inTransaction(c)) this.hangUp(c, replies.shuttingDown());
+      for (const c of this.connections()) if (!this.inTransaction(c)) this.say(c, replies.shuttingDown());
     };
     sweep();
     const sweeper = setInterval(sweep, DRAIN_SWEEP_MS);
@@ -159,7 +190,7 @@ export class SessionPolicy {
             'shutdown deadline reached: closing the connections that are left',
           );
         }
-        for (const c of left) this.hangUp(c, replies.shuttingDown());
+        for (const c of left) this.say(c, replies.shuttingDown());
         setTimeout(resolve, DRAIN_GRACE_MS).unref();
       }, timeoutMs);
     });
@@ -185,11 +216,11 @@ export class SessionPolicy {
       if (this.busy.has(session.id)) return;
       const c = this.connection(session.id);
       if (!c) return;
-      this.log.warn(
-        { client: session.remoteAddress, limitMs: transactionTimeoutMs, inData: Boolean(session.envelope?.rcptTo?.length) },
-        'closed a connection that did not finish its message in time',
-      );
-      this.hangUp(c, replies.transactionTimedOut(transactionTimeoutMs));
+      this.hangUp(c, {
+        reply: replies.transactionTimedOut(transactionTimeoutMs),
+        why: 'closed a connection that did not finish its message in time',
+        fields: { client: session.remoteAddress, limitMs: transactionTimeoutMs, inData: Boolean(session.envelope?.rcptTo?.length) },
+      });
     }, transactionTimeoutMs);
     timer.unref();
     this.clocks.set(session.id, timer);
@@ -202,9 +233,14 @@ export class SessionPolicy {
   }
 
   /** smtp-server closes the connection after any 421 it sends; a DATA stream in flight is aborted, never forwarded. */
-  private hangUp(c: SMTPConnection, reply: SmtpReply): void {
+  private say(c: SMTPConnection, reply: SmtpReply): void {
     this.stopClock(c.id);
     c.send(reply.code, `${reply.status} ${reply.text}`);
+  }
+
+  /** Ends a connection the client was holding too long: logged, with a tx id in the 421. */
+  private hangUp(c: SMTPConnection, refusal: Refusal): void {
+    this.say(c, announce(this.log, refusal));
   }
 
   private connection(id: string): SMTPConnection | undefined {

@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { crlfOnly } from '../mime/line-endings.js';
 import { encodeQuotedPrintable } from '../mime/transfer-encoding.js';
+import { enhancedStatusOf } from '../replies.js';
 import type { RecipientRejection } from './upstream.js';
 
 export interface DsnInput {
@@ -86,17 +88,14 @@ export function buildDsn(input: DsnInput): Buffer {
   const body = eightBit ? encodeQuotedPrintable(headers) : headers;
   return Buffer.concat([
     Buffer.from(lines.join('\r\n'), 'latin1'),
-    toCrlf(body),
+    crlfOnly(body),
     Buffer.from(`\r\n--${boundary}--\r\n`, 'latin1'),
   ]);
 }
 
 /** The RFC 3463 status upstream gave for the recipient, else one derived from its reply code. */
 export function statusOf(r: RecipientRejection): string {
-  const m = /^\d{3}[ -]([245])\.(\d{1,3})\.(\d{1,3})\b/.exec(r.response.trim());
-  if (m) return `${m[1]}.${m[2]}.${m[3]}`;
-  const cls = Math.floor(r.code / 100);
-  return cls === 4 ? '4.0.0' : '5.0.0';
+  return enhancedStatusOf(r.code >= 400 && r.code < 600 ? r.code : 550, r.response);
 }
 
 function diagnostic(r: RecipientRejection): string {
@@ -111,10 +110,6 @@ function headerBlock(raw: Buffer): Buffer {
   let block = raw.subarray(0, Math.min(end, MAX_RETURNED_HEADER_BYTES));
   while (block.length && (block[block.length - 1] === 0x0a || block[block.length - 1] === 0x0d)) block = block.subarray(0, -1);
   return block;
-}
-
-function toCrlf(buf: Buffer): Buffer {
-  return Buffer.from(buf.toString('latin1').replace(/\r?\n|\r/g, '\r\n'), 'latin1');
 }
 
 /** Upstream text and addresses go into header fields: no line breaks, ASCII only. */

@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
-import { replies, type SmtpReply } from '../replies.js';
+import { replies, withTransactionId, type SmtpReply } from '../replies.js';
 import { buildDsn } from './dsn.js';
 import type { Delivery, Envelope, Upstream } from './upstream.js';
 
@@ -81,8 +81,7 @@ export class RefusedRecipients {
     return tx.envelope.to.map((rcpt) => {
       const r = refused.get(rcpt.toLowerCase());
       if (!r) return accepted;
-      const reply = replies.recipientRefusedUpstream(rcpt, r.code, r.response);
-      return { ...reply, text: `${reply.text} (tx ${tx.id})` };
+      return withTransactionId(replies.recipientRefusedUpstream(rcpt, r.code, r.response), tx.id);
     });
   }
 }

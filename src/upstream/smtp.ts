@@ -1,5 +1,6 @@
 import nodemailer, { type Transporter } from 'nodemailer';
 import type { Logger } from 'pino';
+import { isLoopback } from '../access/network.js';
 import { RelayError, replies } from '../replies.js';
 import type { UpstreamTarget } from '../config/settings.js';
 import type { DkimSigning } from '../dkim/signing.js';
@@ -19,10 +20,16 @@ export interface SmtpUpstreamOptions {
   dkim?: DkimSigning;
   /** Certificate verification of the upstream; false only by explicit, logged choice. */
   rejectUnauthorized?: boolean;
+  /** SMIME_RELAY_UPSTREAM_INSECURE_AUTH: send the password over smtp:// without STARTTLS too. */
+  insecureAuth?: boolean;
 }
 
 interface NodemailerError extends Error {
   code?: string;
+  /** The system error behind a connection failure (ECONNREFUSED, ETIMEDOUT, ...). */
+  originalCode?: string;
+  /** The SMTP command that failed. */
+  command?: string;
   responseCode?: number;
   response?: string;
   permanent?: boolean;
@@ -40,14 +47,31 @@ export function queueIdOf(response: string): string {
  * Maps what nodemailer reports into the one reply the client gets. A 5xx that refused the message
  * (DATA) or every recipient is passed back as a 5xx; everything else that is not a success,
  * including a lost connection or a timeout, is a 451 so the client's queue keeps the message.
+ * The upstream's own reply is passed on with its enhanced status; when it gave none, the reply
+ * names what happened (error codes) but not where: nodemailer's text has the upstream's
+ * address, which goes to the log line only (RelayError.detail).
  */
-export function replyForUpstreamError(err: NodemailerError): RelayError {
-  const detail = (err.response ?? err.message).replace(/\s+/g, ' ').trim();
+export function replyForUpstreamError(err: NodemailerError, upstream: string): RelayError {
+  const detail = `${upstream}: ${err.message.replace(/\s+/g, ' ').trim()}`;
   const code = err.responseCode;
-  if (code && code >= 500 && code < 600 && err.permanent !== false && (err.code === 'EENVELOPE' || err.code === 'EMESSAGE')) {
-    return new RelayError(replies.upstreamPermFail(code, detail));
+  const response = (err.response ?? '').replace(/\s+/g, ' ').trim();
+  if (err.code === 'ETLS' && err.command === 'STARTTLS' && code) {
+    // requireTLS (credentials over smtp://): nodemailer asks for STARTTLS whether or not it was
+    // offered, and stops when it is refused, before any AUTH.
+    return new RelayError(
+      replies.upstreamNeedsTls(),
+      `${detail}. The upstream was not asked to authenticate: its password is only sent over TLS. Fix it in one of three ways: ` +
+        'enable STARTTLS on the upstream, use smtps:// if it offers implicit TLS, or, for an MTA on loopback only, set SMIME_RELAY_UPSTREAM_INSECURE_AUTH=true',
+    );
   }
-  return new RelayError(replies.upstreamTempFail(code ? detail : `${err.code ?? 'error'}: ${detail}`));
+  if (code && response) {
+    if (code >= 500 && code < 600 && err.permanent !== false && (err.code === 'EENVELOPE' || err.code === 'EMESSAGE')) {
+      return new RelayError(replies.upstreamPermFail(code, response), detail);
+    }
+    return new RelayError(replies.upstreamTempFail(response, { code, response }), detail);
+  }
+  const what = [err.code, err.originalCode].filter((c, i, all) => c && all.indexOf(c) === i).join(' ') || 'connection error';
+  return new RelayError(replies.upstreamTempFail(what), detail);
 }
 
 /** Sends raw bytes with the original envelope over a pooled nodemailer transport. */
@@ -64,11 +88,19 @@ export class SmtpUpstream implements Upstream {
     if (!rejectUnauthorized) {
       opts.log.warn({ upstream: target.display }, 'upstream TLS certificate verification is DISABLED by configuration');
     }
+    // Postfix's smtp_sasl_security_options = noplaintext: a password goes over TLS only.
+    const requireTLS = Boolean(target.user) && !target.secure && !opts.insecureAuth;
+    if (target.user && !target.secure && opts.insecureAuth) {
+      const loopback = isLoopback(target.host) || target.host.toLowerCase() === 'localhost';
+      const where = loopback ? 'the MTA on loopback' : `${target.host}, which is NOT a loopback address,`;
+      (loopback ? opts.log.info : opts.log.warn).call(opts.log, { upstream: target.display }, `SMIME_RELAY_UPSTREAM_INSECURE_AUTH=true: the upstream password is sent without TLS when ${where} offers no STARTTLS`);
+    }
     this.transport = nodemailer.createTransport({
       pool: true,
       host: target.host,
       port: target.port,
       secure: target.secure,
+      requireTLS,
       auth: target.user ? { user: target.user, pass: target.pass ?? '' } : undefined,
       maxConnections: opts.poolSize,
       maxMessages: 1000,
@@ -170,7 +202,7 @@ export class SmtpUpstream implements Upstream {
       };
     } catch (e) {
       if (e instanceof RelayError) throw e;
-      throw replyForUpstreamError(e as NodemailerError);
+      throw replyForUpstreamError(e as NodemailerError, this.description);
     } finally {
       clearTimeout(timer);
     }

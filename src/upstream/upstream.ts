@@ -4,6 +4,8 @@ export interface Envelope {
   from: string;
   /** Every RCPT TO as received, in order. */
   to: string[];
+  /** The client sent SMTPUTF8 on MAIL FROM (RFC 6531): the header may carry UTF-8 (RFC 6532). */
+  smtputf8?: boolean;
 }
 
 export interface RecipientRejection {

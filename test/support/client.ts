@@ -61,6 +61,13 @@ export class RawClient {
     });
   }
 
+  /** Every reply until the server closes the connection; the last one is the one that closed it. */
+  async untilClosed(timeoutMs = 30_000): Promise<Reply[]> {
+    const out: Reply[] = [];
+    for (let r = await this.read(timeoutMs); r.code !== 0; r = await this.read(timeoutMs)) out.push(r);
+    return out;
+  }
+
   write(data: string | Buffer): void {
     this.socket.write(data);
   }

@@ -31,6 +31,8 @@ export interface LeafOptions {
   encryptKeyWithPassword?: string;
   /** Key written as 'BEGIN RSA PRIVATE KEY' / 'BEGIN EC PRIVATE KEY' in keyPath and in the bundle. */
   traditionalKey?: boolean;
+  /** More extension lines in openssl's config syntax, e.g. `authorityInfoAccess = OCSP;URI:http://…`. */
+  extensions?: string[];
 }
 
 export interface Leaf {
@@ -54,6 +56,9 @@ export interface TestPki {
   intermediateCertPath: string;
   /** Intermediate then root, PEM. */
   chainPath: string;
+  /** The intermediate's key, and the openssl config whose CA_DB environment variable names an `openssl ca` database directory. */
+  intermediateKeyPath: string;
+  configPath: string;
   /** Issues a leaf signed by the intermediate. */
   issueLeaf(name: string, opts?: LeafOptions): Promise<Leaf>;
   cleanup(): Promise<void>;
@@ -199,8 +204,21 @@ function subj(parts: [string, string][]): string {
   return parts.map(([k, v]) => `/${k}=${v.replace(/([\\/+=])/g, '\\$1')}`).join('');
 }
 
-export async function createTestPki(opts: { keyType?: 'rsa' | 'ec' } = {}): Promise<TestPki> {
+export interface PkiOptions {
+  /** Key type of the root and intermediate; default 'rsa'. */
+  keyType?: 'rsa' | 'ec';
+  /**
+   * The CA signs every certificate (root, intermediate, leaves) with RSASSA-PSS, SHA-256 and MGF1
+   * SHA-256: 'hash-length-salt' with a 32-byte salt, as the CA/Browser Forum S/MIME requirements
+   * prescribe; 'max-salt' with the longest salt, which is what `-sigopt rsa_padding_mode:pss`
+   * alone makes openssl write. RSA CA keys only.
+   */
+  pss?: 'hash-length-salt' | 'max-salt';
+}
+
+export async function createTestPki(opts: PkiOptions = {}): Promise<TestPki> {
   const keyType = opts.keyType ?? 'rsa';
+  const caPss = opts.pss ? ['rsa_padding_mode:pss', 'rsa_mgf1_md:sha256', `rsa_pss_saltlen:${opts.pss === 'max-salt' ? 'max' : 'digest'}`] : [];
   const { dir, remove } = await makeTempDir('smime-pki-');
   const configPath = join(dir, 'openssl.cnf');
   await writeFile(configPath, CONFIG);
@@ -262,8 +280,8 @@ export async function createTestPki(opts: { keyType?: 'rsa' | 'ec' } = {}): Prom
       request(f('root'), rootSubject, newKeyArgs(keyType)),
       request(f('intermediate'), intSubject, newKeyArgs(keyType)),
     ]);
-    await certify({ csr: f('root.csr'), out: rootCertPath, issuerKey: f('root.key'), start: caStart, end: caEnd, extensions: 'v3_root', selfsign: true, subject: rootSubject });
-    await certify({ csr: f('intermediate.csr'), out: intermediateCertPath, issuerCert: rootCertPath, issuerKey: f('root.key'), start: caStart, end: caEnd, extensions: 'v3_intermediate', subject: intSubject });
+    await certify({ csr: f('root.csr'), out: rootCertPath, issuerKey: f('root.key'), start: caStart, end: caEnd, extensions: 'v3_root', selfsign: true, subject: rootSubject, sigopts: caPss });
+    await certify({ csr: f('intermediate.csr'), out: intermediateCertPath, issuerCert: rootCertPath, issuerKey: f('root.key'), start: caStart, end: caEnd, extensions: 'v3_intermediate', subject: intSubject, sigopts: caPss });
     const rootPem = await readFile(rootCertPath, 'latin1');
     const intPem = await readFile(intermediateCertPath, 'latin1');
     await writeFile(chainPath, intPem + rootPem);
@@ -306,6 +324,7 @@ export async function createTestPki(opts: { keyType?: 'rsa' | 'ec' } = {}): Prom
     if (keyUsage !== null) ext.push(`keyUsage = ${keyUsage}`);
     if (eku !== null) ext.push(`extendedKeyUsage = ${eku}`);
     if (emails.length > 0) ext.push(`subjectAltName = ${emails.map((e) => `email:${e}`).join(',')}`);
+    ext.push(...(o.extensions ?? []));
     await writeFile(lf('leaf.ext'), ext.join('\n') + '\n');
 
     const certPath = lf('cert.pem');
@@ -315,7 +334,7 @@ export async function createTestPki(opts: { keyType?: 'rsa' | 'ec' } = {}): Prom
       extFile: lf('leaf.ext'), extensions: 'leaf', md: o.md ?? 'sha256', subject,
       // A PSS signature on the certificate too, so the fixture is PSS through and through; only an
       // RSA intermediate can make one.
-      sigopts: o.pss && keyType === 'rsa' ? ['rsa_padding_mode:pss', 'rsa_pss_saltlen:digest'] : [],
+      sigopts: o.pss && keyType === 'rsa' ? ['rsa_padding_mode:pss', 'rsa_pss_saltlen:digest'] : caPss,
     });
 
     const plainKeyPath = lf('plain.key');
@@ -360,6 +379,8 @@ export async function createTestPki(opts: { keyType?: 'rsa' | 'ec' } = {}): Prom
     rootCertPath,
     intermediateCertPath,
     chainPath,
+    intermediateKeyPath: f('intermediate.key'),
+    configPath,
     issueLeaf,
     async cleanup() {
       closed = true;

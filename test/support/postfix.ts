@@ -124,6 +124,12 @@ export interface PostfixOptions {
   main?: Record<string, string>;
   /** Per-service overrides for `postconf -P`, e.g. '127.0.0.1:2525/inet/smtpd_sasl_auth_enable=no'. */
   serviceOverrides?: string[];
+  /**
+   * Local delivery: mail for `user@domain` goes through local(8) into `maildir` (a Maildir whose
+   * parents the postfix user can traverse, owned by nobody: local(8) delivers as nobody because
+   * the alias file is root's). Everything else is refused.
+   */
+  maildir?: { user: string; domain: string; dir: string };
 }
 
 /** One entry of `postqueue -j` (postqueue(1), Postfix 3.1+). */
@@ -222,7 +228,21 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
     '',
   ].join('\n');
   writeFileSync(join(configDir, 'main.cf'), base + (opts.mainCf ?? '') + '\n');
-  writeFileSync(join(configDir, 'master.cf'), BASE_MASTER_CF + '\n' + (opts.masterCf ?? '') + '\n');
+  let masterCf = opts.masterCf ?? '';
+  let main = opts.main ?? {};
+  if (opts.maildir) {
+    // postmap format for texthash (no colon); the trailing slash makes local(8) write a Maildir
+    writeFileSync(join(configDir, 'aliases'), `${opts.maildir.user} ${opts.maildir.dir.replace(/\/?$/, '/')}\n`);
+    masterCf += '\nlocal     unix  -       n       n       -       -       local\n';
+    main = {
+      mydestination: `${opts.maildir.domain}, localhost`,
+      alias_maps: `texthash:${join(configDir, 'aliases')}`,
+      local_recipient_maps: '$alias_maps',
+      default_transport: 'error:outbound mail disabled',
+      ...main,
+    };
+  }
+  writeFileSync(join(configDir, 'master.cf'), BASE_MASTER_CF + '\n' + masterCf + '\n');
 
   // Postfix does not trust a config file modified in the last second or two (it may be half
   // written): every reader sleeps in 300 ms steps until the mtime is old enough. Freshly written
@@ -238,8 +258,8 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
     return r.stdout.toString('utf8');
   };
   try {
-    const main = Object.entries(opts.main ?? {}).map(([k, v]) => `${k}=${v}`);
-    if (main.length) await postconf('-e', ...main);
+    const settings = Object.entries(main).map(([k, v]) => `${k}=${v}`);
+    if (settings.length) await postconf('-e', ...settings);
     // The snippets' own services may ask for a chroot (before-queue submission does).
     await postconf('-F', '*/*/chroot=n');
     if (opts.serviceOverrides?.length) await postconf('-P', ...opts.serviceOverrides);

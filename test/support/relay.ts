@@ -28,3 +28,12 @@ export async function startTestRelay(env: Record<string, string>, internals: Rel
   const relay = await startRelay(config, log, internals);
   return Object.assign(relay, { logs });
 }
+
+/** The transaction id at the end of a reply (`... (tx k3Jx0aZq)`), if it has one. */
+export const txOf = (reply: { text: string }): string | undefined => /\(tx ([\w-]+)\)$/.exec(reply.text)?.[1];
+
+/** The relay's log lines that carry the reply's transaction id (none when the reply has no id). */
+export function linesFor(relay: { logs: Record<string, unknown>[] }, reply: { text: string }): Record<string, unknown>[] {
+  const tx = txOf(reply);
+  return tx ? relay.logs.filter((l) => l.tx === tx) : [];
+}
