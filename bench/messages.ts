@@ -42,3 +42,29 @@ export function largeMessage(from: string, to: string, size: number): Buffer {
   for (let i = 0; i < b64.length; i += 76) lines.push(b64.slice(i, i + 76));
   return Buffer.from(head + lines.join(CRLF) + tail, 'latin1');
 }
+
+/**
+ * About `size` bytes of 8-bit text: text/plain in UTF-8, `Content-Transfer-Encoding: 8bit`, Russian
+ * prose in CRLF lines, as a newsletter or report in Cyrillic (or Greek, Arabic, Hebrew) arrives.
+ * Almost every byte is 8-bit, so this is the message that grows most when made 7-bit safe:
+ * quoted-printable writes three bytes for each of them.
+ */
+export function eightBitMessage(from: string, to: string, size: number): Buffer {
+  const head = Buffer.from(
+    headers(from, to, `bench ${Math.round(size / 2 ** 20)} MiB 8-bit text`) +
+      `Content-Type: text/plain; charset=utf-8${CRLF}Content-Transfer-Encoding: 8bit${CRLF}${CRLF}`,
+    'latin1',
+  );
+  const lines = [
+    'Съешь же ещё этих мягких французских булок, да выпей чаю.',
+    'Широкая электрификация южных губерний даст мощный толчок подъёму сельского хозяйства.',
+    'В чащах юга жил бы цитрус? Да, но фальшивый экземпляр!',
+  ].map((l) => Buffer.from(l + CRLF, 'utf8'));
+  const out = Buffer.alloc(size, 0x20);
+  head.copy(out);
+  let at = head.length;
+  for (let k = 0; at + lines[k % lines.length]!.length <= size - 2; k++) at += lines[k % lines.length]!.copy(out, at);
+  // pad the last line with blanks up to the exact size
+  out.write(CRLF, size - 2, 'latin1');
+  return out;
+}

@@ -41,6 +41,8 @@ export interface ConfigResult {
   source?: { reused: CrossCheck; newConn: CrossCheck };
   large1?: LargeResult;
   large10?: LargeResult;
+  /** 24 MiB of 8-bit text, one and twelve at once (bench/memory.ts). */
+  eightBit?: { one: EightBitRun; many: EightBitRun };
 }
 
 interface CrossCheck {
@@ -90,6 +92,83 @@ const f0 = (n: number) => (Number.isFinite(n) ? n.toFixed(0) : '–');
 const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : '–');
 const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : '–');
 const mib = (n: number) => `${f0(n / MiB)} MiB`;
+
+/** One fresh relay given n large messages of 8-bit text at once, with small ones sent alongside (bench/memory.ts). */
+export interface EightBitRun {
+  n: number;
+  size: number;
+  baselineRss: number;
+  peakHwm: number;
+  seconds: number;
+  /** Large messages answered with something other than 250 (a 452 from the memory budget counts here). */
+  errors: string[];
+  /** connect → 250 of each small message sent while the large ones were in flight, ms. */
+  small: number[];
+  smallErrors: string[];
+}
+
+/** The targets of issue 10 item 7. */
+const EIGHT_BIT_LIMITS = {
+  /** Peak RSS of the relay with twelve in flight. */
+  peak: 2 ** 30,
+  /** "A small message sent meanwhile gets its 250 within seconds." */
+  smallLatencyMs: 5_000,
+  /** RSS increase of one message in flight, in multiples of its size. */
+  perMessage: 4,
+};
+
+export const perMessage = (r: EightBitRun): number => (r.peakHwm - r.baselineRss) / r.n / r.size;
+
+
+/** The Markdown table rows of the scenario, one per run. */
+export function eightBitRows(runs: { name: string; one?: EightBitRun; many?: EightBitRun }[]): string[] {
+  const out = [
+    '| configuration | in flight | wall time | baseline RSS | peak RSS (VmHWM) | increase per message | small messages meanwhile: median | max | errors |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ];
+  for (const { name, one, many } of runs) {
+    for (const r of [one, many]) {
+      if (!r) continue;
+      const errors = [...r.errors, ...r.smallErrors];
+      out.push(
+        `| ${name} | ${r.n} | ${f1(r.seconds)} s | ${f0(r.baselineRss / MiB)} MiB | ${f0(r.peakHwm / MiB)} MiB | ${f1(perMessage(r))} × size | ` +
+          `${r.small.length ? `${f0(percentile(r.small, 50))} ms` : '–'} | ${r.small.length ? `${f0(Math.max(...r.small))} ms (${r.small.length} sent)` : '–'} | ${errors.length ? `${errors.length}: ${errors[0]}` : 0} |`,
+      );
+    }
+  }
+  return out;
+}
+
+/** The targets of issue 10 item 7, judged on the runs of every configuration measured. */
+export function eightBitTargets(runs: { name: string; one?: EightBitRun; many?: EightBitRun }[]): Target[] {
+  const many = runs.filter((r) => r.many);
+  const one = runs.filter((r) => r.one);
+  const clean = (r: EightBitRun) => r.errors.length === 0 && r.smallErrors.length === 0;
+  const worst = (xs: number[]) => (xs.length ? Math.max(...xs) : NaN);
+  const peak = worst(many.map((r) => r.many!.peakHwm));
+  const slowest = worst(many.flatMap((r) => (r.many!.small.length ? [Math.max(...r.many!.small)] : [])));
+  const per = worst(one.map((r) => perMessage(r.one!)));
+  return [
+    {
+      figure: `peak RSS, ${many[0]?.many?.n ?? 12} concurrent ${f0((many[0]?.many?.size ?? NaN) / MiB)} MiB 8-bit messages`,
+      target: '< 1 GiB, every message answered 250',
+      measured: many.map((r) => `${r.name} ${f0(r.many!.peakHwm / MiB)} MiB`).join(', '),
+      pass: many.length ? peak < EIGHT_BIT_LIMITS.peak && many.every((r) => r.many!.errors.length === 0) : undefined,
+    },
+    {
+      figure: 'a small message sent meanwhile: connect → 250, slowest',
+      target: `≤ ${EIGHT_BIT_LIMITS.smallLatencyMs / 1000} s`,
+      measured: many.map((r) => `${r.name} ${r.many!.small.length ? `${f0(Math.max(...r.many!.small))} ms` : 'none sent'}`).join(', '),
+      pass: many.length && Number.isFinite(slowest) ? slowest <= EIGHT_BIT_LIMITS.smallLatencyMs && many.every((r) => clean(r.many!)) : undefined,
+    },
+    {
+      figure: `RSS increase for one ${f0((one[0]?.one?.size ?? NaN) / MiB)} MiB 8-bit message in flight`,
+      target: `≤ ${EIGHT_BIT_LIMITS.perMessage} × its size`,
+      measured: one.map((r) => `${r.name} ${f1(perMessage(r.one!))} ×`).join(', '),
+      pass: one.length ? per <= EIGHT_BIT_LIMITS.perMessage && one.every((r) => r.one!.errors.length === 0) : undefined,
+    },
+  ];
+}
 
 export function evaluateTargets(results: ConfigResult[], largeSize: number, selfVerify?: SelfVerifyCost): Target[] {
   const by = (name: ConfigResult['name']) => results.find((r) => r.name === name);
@@ -160,6 +239,8 @@ export function evaluateTargets(results: ConfigResult[], largeSize: number, self
     measured: large.map((r) => `${r.name} ${f1(perMessage(r.large10!))} ×`).join(', '),
     pass: check(worstPer, (v) => v <= 4, large.length > 0),
   });
+  // issue 10: bounded memory, nothing lost
+  targets.push(...eightBitTargets(results.map((r) => ({ name: r.name, ...r.eightBit }))));
   if (selfVerify) {
     const cost = selfVerifyCostOf(selfVerify);
     targets.push({
@@ -211,7 +292,7 @@ export function renderReport(info: RunInfo, results: ConfigResult[], targets: Ta
     out.push(`- **Self-verification** (on by default) costs **${f1(cost.throughput * 100)} %** of native signed throughput (median ${f0(median(selfVerify.on.msgPerSec))} vs ${f0(median(selfVerify.off.msgPerSec))} msg/s) and ${f1(cost.cpu * 100)} % relay CPU; in-process the check takes ${f0(selfVerify.inProcess.verifyUs)} µs of CPU per 2 KB message against ${f0(selfVerify.inProcess.signUs)} µs to sign it.`);
   }
   out.push('');
-  out.push('## Targets (issues 7 and 12)', '', '| figure | target | measured | result |', '|---|---|---|---|');
+  out.push('## Targets (issues 7, 10 and 12)', '', '| figure | target | measured | result |', '|---|---|---|---|');
   for (const t of targets) out.push(`| ${t.figure} | ${t.target} | ${t.measured} | ${t.pass === undefined ? 'n/a' : t.pass ? 'pass' : '**FAIL**'} |`);
   out.push('');
   out.push('## 2 KB messages, 20 sessions', '');
@@ -252,6 +333,17 @@ export function renderReport(info: RunInfo, results: ConfigResult[], targets: Ta
     }
   }
   out.push('');
+  const eightBit = results.find((r) => r.eightBit)?.eightBit;
+  if (eightBit) {
+    out.push(`## ${f0(eightBit.many.size / MiB)} MiB of 8-bit text: memory budget`, '');
+    out.push(
+      `Each configuration with the default \`SMIME_RELAY_MEMORY_BUDGET\` (512 MiB), a fresh relay per run: one message, then ${eightBit.many.n} at once, of UTF-8 Russian text sent as 8bit ` +
+        '(nearly every byte 8-bit: the text that grows most when made 7-bit safe), while a 2 KB message is sent on a new connection a quarter second after the previous one was answered, until the large ones are all answered.',
+      '',
+    );
+    out.push(...eightBitRows(results.map((r) => ({ name: r.name, ...r.eightBit }))));
+    out.push('');
+  }
   if (selfVerify) {
     out.push('## Self-verification: native engine, SMIME_RELAY_SELF_VERIFY on vs off', '');
     out.push('| round | on: msg/s | off: msg/s | on: relay CPU ms/msg | off: relay CPU ms/msg |', '|---|---|---|---|---|');

@@ -1,8 +1,8 @@
 /**
  * `npm run bench [-- --quick]`: unsigned pass-through, the openssl engine and the native engine,
  * side by side in one run on this machine, each relay a child process (`node dist/cli.js serve`)
- * so its CPU and memory are its own. Prints every target of issue 7 with pass/fail and writes
- * bench/results/latest.md. Loopback only; bounded in time (about 4 minutes, --quick about 1.5).
+ * so its CPU and memory are its own. Prints every target of issues 7 and 10 with pass/fail and writes
+ * bench/results/latest.md. Loopback only; bounded in time (4–6 minutes, --quick about 1.5 less).
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -12,7 +12,9 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createTestPki, type Leaf, type TestPki } from '../test/support/pki.js';
 import { createSoftHsm, missingForPkcs11 } from '../test/support/softhsm.js';
-import { largeMessage, smallMessage } from './messages.js';
+import { buildRelay } from './build.js';
+import { eightBitMessage, largeMessage, smallMessage } from './messages.js';
+import { EIGHT_BIT, measureEightBit } from './memory.js';
 import { cpu, memory, runTimed, sampleTreeRss, SMTP_SOURCE, startRelay, startSink, type CpuSample, type Service } from './processes.js';
 import { dataPayload, measureGreetings, runLoad, sendConcurrently, type Envelope, type LoadResult } from './smtp-client.js';
 import { renderReport, evaluateTargets, type ConfigResult, type LargeResult, type Measured, type RunInfo } from './report.js';
@@ -23,13 +25,15 @@ const HELP = `Usage: npm run bench [-- --quick] [-- --out FILE]
 Measures unsigned pass-through, the openssl engine and the native engine side by side, the last
 also with its key on a SoftHSM2 token (PKCS#11) when softhsm2 and the pkcs11js binding are there:
 2 KB messages over 20 reused connections, one new connection per message (20 sessions),
-connect→220 times, and peak RSS with one and with ten concurrent 25 MB messages. Then the
-cost of self-verification: the native engine with SMIME_RELAY_SELF_VERIFY on and off, in
-alternating rounds, and the check timed in-process against signing.
+connect→220 times, peak RSS with one and with ten concurrent 25 MB messages, and with one
+and twelve concurrent 24 MiB messages of 8-bit text while small messages keep being sent
+(the memory budget; \`npm run bench:memory\` runs only that). Then the cost of
+self-verification: the native engine with SMIME_RELAY_SELF_VERIFY on and off, in alternating
+rounds, and the check timed in-process against signing.
 Relays run as child processes (node dist/cli.js serve, rebuilt first with tsc -p src);
 the sink is Postfix smtp-sink when installed; smtp-source cross-checks throughput.
 
-  --quick      shorter windows (about 1.5 minutes instead of about 4)
+  --quick      shorter throughput windows (about 1.5 minutes less)
   --no-build   use dist/ as it is
   --out FILE   where to write the Markdown results (default bench/results/latest.md)
   -h, --help   show this help
@@ -70,15 +74,7 @@ const log = (s: string) => process.stdout.write(s + '\n');
 const since = (t: number) => `${((performance.now() - t) / 1000).toFixed(1)} s`;
 
 function build(): void {
-  if (flags['no-build']) return;
-  try {
-    execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', join(root, 'src')], { stdio: 'pipe' });
-  } catch (e) {
-    // tsc still emits on type errors; someone else's work in progress must not stop a benchmark
-    const out = String((e as { stdout?: Buffer }).stdout ?? '').split('\n').slice(0, 5).join('\n');
-    if (!existsSync(join(root, 'dist/cli.js'))) throw new Error(`build failed and there is no dist/cli.js:\n${out}`);
-    log(`warning: tsc -p src reported errors; using what it emitted:\n${out}`);
-  }
+  if (!flags['no-build']) buildRelay(root, log);
 }
 
 function machine(): RunInfo['machine'] {
@@ -196,6 +192,7 @@ async function main(): Promise<void> {
     const leaf = await pki.issueLeaf('bench', { emails: [FROM] });
     const small = dataPayload(smallMessage(FROM, TO, P.smallSize));
     const large = dataPayload(largeMessage(FROM, TO, P.largeSize));
+    const eightBit = dataPayload(eightBitMessage(FROM, TO, EIGHT_BIT.size));
     const common = { SMIME_RELAY_CERT: leaf.bundlePath, SMIME_RELAY_UPSTREAM: `smtp://127.0.0.1:${sink.port}`, LOG_LEVEL: 'info' };
 
     // The ceiling of this client and sink on this machine, with no relay in between.
@@ -235,6 +232,12 @@ async function main(): Promise<void> {
         result.large1 = await measureLarge(start, 1, large, small);
         result.large10 = await measureLarge(start, P.largeConcurrent, large, small);
         log(`  25 MB: 1 → peak RSS ${(result.large1.peakHwm / 2 ** 20).toFixed(0)} MiB; ${P.largeConcurrent} concurrent → ${(result.large10.peakHwm / 2 ** 20).toFixed(0)} MiB (${since(t)})`);
+        result.eightBit = {
+          one: await measureEightBit(start, 1, envelope, eightBit, small),
+          many: await measureEightBit(start, EIGHT_BIT.concurrent, envelope, eightBit, small),
+        };
+        const { one, many } = result.eightBit;
+        log(`  24 MiB 8-bit text: 1 → peak RSS ${(one.peakHwm / 2 ** 20).toFixed(0)} MiB; ${many.n} concurrent → ${(many.peakHwm / 2 ** 20).toFixed(0)} MiB, small messages meanwhile max ${many.small.length ? Math.max(...many.small).toFixed(0) : '–'} ms (${since(t)})`);
       }
       results.push(result);
     }

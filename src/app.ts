@@ -9,6 +9,8 @@ import { ConfigError } from './config/load.js';
 import { dkimSigningFrom, withDkimSigning, type DkimSigning } from './dkim/signing.js';
 import { Canary } from './canary/canary.js';
 import { createCanary } from './canary/setup.js';
+import { MemoryBudget } from './memory/budget.js';
+import { messageFootprint } from './memory/footprint.js';
 import { Observability } from './metrics/observability.js';
 import { Pipeline } from './pipeline.js';
 import { checkOpensslVersion } from './signing/openssl-version.js';
@@ -16,6 +18,7 @@ import { createEngine } from './signing/create.js';
 import type { SigningEngine } from './signing/engine.js';
 import { tokenFromConfig } from './signing/pkcs11/from-config.js';
 import { greetingDelay } from './smtp/greeting.js';
+import { MemoryAdmission } from './smtp/memory-admission.js';
 import { createReceiver } from './smtp/server.js';
 import { SessionPolicy } from './smtp/sessions.js';
 import { FileUpstream } from './upstream/file.js';
@@ -79,6 +82,23 @@ function resolveCertificatePath(config: Config, log: Logger, name: (key: Setting
     `using a DEVELOPMENT certificate for ${DEV_MAILBOX} that no mail client trusts; set SMIME_RELAY_CERT for real use`,
   );
   return dev.bundlePath;
+}
+
+/**
+ * SMIME_RELAY_MEMORY_BUDGET, refused at start when it cannot hold even one message of
+ * SMIME_RELAY_MAX_SIZE: every such message would get 452 until its client gave up on it.
+ */
+function memoryBudget(config: Config, name: (key: SettingKey) => string): MemoryBudget {
+  const least = messageFootprint(config.maxSize, config.signing === 'on');
+  if (config.memoryBudget < least) {
+    const mib = (n: number) => `${Math.ceil(n / 2 ** 20)} MiB`;
+    throw new ConfigError(
+      `${name('memoryBudget')} (${mib(config.memoryBudget)}) cannot hold one message of ${name('maxSize')} ` +
+        `(${mib(config.maxSize)}) while it is ${config.signing === 'on' ? 'signed' : 'relayed'}, which takes up to ${mib(least)}. ` +
+        `Set ${name('memoryBudget')} to at least ${mib(least)}, or lower ${name('maxSize')}.`,
+    );
+  }
+  return new MemoryBudget(config.memoryBudget);
 }
 
 /** Knobs that are not user settings; tests shorten the upstream probe interval. */
@@ -186,6 +206,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
   // Before anything is opened: a missing or pre-3.0 openssl is a start-up error, not 451 on every message.
   if (config.engine === 'openssl') log.debug({ openssl: checkOpensslVersion(internals.openssl) }, 'openssl found');
   const name = settingNames(internals);
+  const budget = memoryBudget(config, name);
   const path = await openSigningPath(config, log, internals);
   const { certs, engine, upstream, pipeline, observability } = path;
   let canary: Canary | undefined;
@@ -208,6 +229,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     sessions,
     lmtp: config.lmtp,
     maxSize: config.maxSize,
+    memory: new MemoryAdmission({ budget, signing: config.signing === 'on', idleTimeoutMs: config.idleTimeoutMs, metrics: observability.metrics }),
     log,
     greetingDelay: greetingDelay({ delayMs: config.greetingDelayMs, isTrusted: (a) => access.allowListed(a) }),
     access,
@@ -234,6 +256,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
       live: () => server.server.listening,
       connections: () => server.connections.size,
       stress: () => sessions.stressed,
+      memory: budget,
       probeIntervalMs: internals.probeIntervalMs,
       setting: name('metrics'),
     });

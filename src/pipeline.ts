@@ -8,8 +8,9 @@ import type { CertificateStore } from './certs/store.js';
 import type { CertificateBundle } from './certs/bundle.js';
 import { incomingDkim } from './dkim/incoming.js';
 import type { Mailbox } from './mime/mailbox.js';
+import type { Reservation } from './memory/budget.js';
 import { alreadyProtected } from './mime/already-protected.js';
-import { buildSignedMessage } from './mime/multipart-signed.js';
+import { draftSignedMessage, draftSize } from './mime/multipart-signed.js';
 import { MimeError, prepareMessage } from './mime/prepare.js';
 import { SigningError, type SigningEngine } from './signing/engine.js';
 import { outcomeOf } from './metrics/outcome.js';
@@ -29,6 +30,12 @@ export interface Transaction {
   readonly client: { address: string; hostname?: string; peer?: string };
   /** Who authenticated (SMIME_RELAY_USERS); undefined when the relay has no users file. */
   readonly principal?: Principal;
+  /**
+   * This message's share of SMIME_RELAY_MEMORY_BUDGET, reserved by the receiver for the bytes
+   * received and an estimate of the signed copy; every stage that makes a large copy holds it
+   * here first (hold()). Undefined where nothing is budgeted.
+   */
+  readonly memory?: Reservation;
 }
 
 export interface PipelineOptions {
@@ -118,10 +125,16 @@ export class Pipeline {
       const { message, from } = this.admitHeader(tx.raw, policy);
       fields.from = from;
 
-      // prepare + sign (or pass through, where the configuration or the message says so)
-      const { message: outgoing, accepted, signer } = await this.sign(message, from, fields, timer, log);
+      // What the message holds of SMIME_RELAY_MEMORY_BUDGET so far: the bytes received, and the
+      // canonical copy when admit had to make one; signing adds the outgoing message (hold()).
+      const received = tx.raw.length + (message === tx.raw ? 0 : message.length);
 
-      // self-verify: the exact bytes about to leave, read back as a recipient would
+      // prepare + sign (or pass through, where the configuration or the message says so)
+      const { message: outgoing, accepted, signer } = await this.sign(message, from, fields, timer, log, (copies) => hold(tx.memory, received + copies));
+      tx.memory?.shrink(received + (outgoing === message ? 0 : outgoing.length));
+
+      // self-verify: the exact bytes about to leave, read back as a recipient would (no copy:
+      // it reads views of them)
       if (signer && options.selfVerify !== 'off') await timer.time('self_verify', () => this.selfVerify(outgoing, signer, log));
 
       // forward
@@ -150,6 +163,7 @@ export class Pipeline {
    */
   private async sign(
     raw: Buffer, from: Mailbox, fields: Record<string, unknown>, timer: StageTimer, log: Logger,
+    holdAlso: (bytes: number) => void,
   ): Promise<{ message: Buffer; accepted: AcceptedOutcome; signer?: CertificateBundle }> {
     const { engine, options } = this.deps;
     if (options.signing === 'off') return { message: raw, accepted: 'passed_unsigned' };
@@ -163,9 +177,16 @@ export class Pipeline {
     const bundle = this.certificateFor(from, log);
     if (!bundle) return { message: raw, accepted: 'passed_unsigned' };
     fields.serial = bundle.serial;
-    const prepared = await timer.time('prepare', () => prepare(this.handleIncomingDkim(raw, log), options));
+    // The entity is written once, into the message that is sent, and signed there.
+    const draft = await timer.time('prepare', () => {
+      const input = this.handleIncomingDkim(raw, log);
+      const prepared = prepare(input, options);
+      // The one large allocation of signing, so the budget is checked before it is made.
+      holdAlso((input === raw ? 0 : input.length) + prepared.entity.held + draftSize(prepared));
+      return draftSignedMessage(prepared);
+    });
     log.info({ from }, `Signing email notification from ${from}`);
-    const message = await timer.time('sign', async () => buildSignedMessage(prepared, await engine.sign(prepared.entity, bundle)));
+    const message = await timer.time('sign', async () => draft.complete(await engine.sign(draft.content, bundle)));
     return { message, accepted: 'signed', signer: bundle };
   }
 
@@ -245,6 +266,17 @@ function prepare(raw: Buffer, options: PipelineOptions) {
       throw e.cause ? new RelayError(replies.internalError(e.message), e.message) : new RelayError(replies.malformedMessage(e.message));
     }
     throw e;
+  }
+}
+
+/**
+ * Sets what a message holds in SMIME_RELAY_MEMORY_BUDGET before a stage makes its copy. Growth
+ * never waits (the message already holds memory, and waiting while holding could deadlock): it
+ * fits now, or the client gets 452 4.3.1 and retries.
+ */
+function hold(memory: Reservation | undefined, bytes: number): void {
+  if (memory && !memory.resize(bytes)) {
+    throw new RelayError(replies.insufficientMemory('no room to sign this message now'));
   }
 }
 

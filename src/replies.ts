@@ -161,6 +161,13 @@ export const replies = {
     text: `Message exceeds the fixed maximum message size of ${limit} bytes`,
     outcome: 'rejected_size',
   }),
+  /** SMIME_RELAY_MEMORY_BUDGET (src/memory/budget.ts): temporary, the client's queue retries. */
+  insufficientMemory: (reason: string): SmtpReply => ({
+    code: 452,
+    status: '4.3.1',
+    text: `Mail system full: too much mail in progress (${reason}); try again later`,
+    outcome: 'rejected_memory',
+  }),
   malformedMessage: (reason: string): SmtpReply => ({
     code: 554,
     status: '5.6.0',

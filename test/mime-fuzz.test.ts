@@ -9,6 +9,7 @@ import fc from 'fast-check';
 import { simpleParser, type ParsedMail } from 'mailparser';
 import { describe, expect, it } from 'vitest';
 import { MimeError, prepareMessage, type PreparedMessage } from '../src/mime/prepare.js';
+import { base64Size, encodeBase64, encodeQuotedPrintable, quotedPrintableBound } from '../src/mime/transfer-encoding.js';
 
 type Eol = '\r\n' | '\n';
 type Cte = '' | '7bit' | '8bit' | 'binary' | 'quoted-printable' | 'base64';
@@ -228,7 +229,7 @@ const canonicalText = (x: Buffer): string => x.toString('latin1').replace(/\r?\n
  * there only the 998 limit applies.
  */
 function assertSafe(r: PreparedMessage, input: Buffer, strictWidth = true): void {
-  const e = r.entity;
+  const e = r.entity.toBuffer();
   for (let i = 0; i < e.length; i++) {
     const c = e[i]!;
     if (c >= 0x80 || c === 0) throw new Error(`8bit or NUL byte at ${i}`);
@@ -278,7 +279,7 @@ describe('prepareMessage fuzz', () => {
         }
         assertSafe(r, raw);
         const decoded: Buffer[] = [];
-        decodeEntity(r.entity, decoded);
+        decodeEntity(r.entity.toBuffer(), decoded);
         const expected = leavesOf(tree);
         expect(decoded.length).toBe(expected.length);
         expected.forEach((leaf, k) => {
@@ -353,11 +354,32 @@ describe('prepareMessage fuzz', () => {
         const r = prepareOrMimeError(raw, false);
         if (!r) return;
         stats.parsed++;
-        const out = Buffer.concat([r.outerHeaders, b('MIME-Version: 1.0\r\n'), r.entity]);
+        const out = Buffer.concat([r.outerHeaders, b('MIME-Version: 1.0\r\n'), r.entity.toBuffer()]);
         await same(await simpleParser(raw), await simpleParser(out));
       }),
       { numRuns: 1_000 },
     );
     console.log('prepare fuzz stats', stats);
   }, 120_000);
+});
+
+describe('encoders write at most what prepare sized them for', () => {
+  // Bytes that decide quoted-printable's width: line breaks, blanks, dots, dashes, "From ", "=", 8-bit.
+  const tricky = fc.array(fc.constantFrom(0x0a, 0x0d, 0x20, 0x09, 0x2e, 0x2d, 0x46, 0x72, 0x6f, 0x6d, 0x3d, 0x00, 0xc3, 0xbc, 0x41), { maxLength: 400 });
+  const bytes = fc.oneof(fc.uint8Array({ maxLength: 400 }), tricky.map((a) => Uint8Array.from(a)));
+
+  it('quoted-printable stays within quotedPrintableBound, and near it; base64 is exactly base64Size (5,000 cases)', () => {
+    fc.assert(
+      fc.property(bytes, fc.integer({ min: 0, max: 200 }), (content, repeat) => {
+        // a long run of one line makes soft breaks, which the bound prices separately
+        const src = Buffer.concat([Buffer.from(content), Buffer.alloc(repeat, 0x41), Buffer.from(content)]);
+        const qp = encodeQuotedPrintable(src).length;
+        const bound = quotedPrintableBound(src);
+        expect(qp).toBeLessThanOrEqual(bound);
+        expect(bound).toBeLessThanOrEqual(Math.ceil(qp * 1.08) + 8);
+        expect(encodeBase64(src).length).toBe(base64Size(src.length));
+      }),
+      { numRuns: 5_000 },
+    );
+  });
 });

@@ -72,11 +72,13 @@ async function compareParsed(a: ParsedMail, z: ParsedMail, path = 'message'): Pr
 
 async function check(raw: Buffer, opts: PrepareOptions = {}) {
   const result = prepareMessage(raw, opts);
+  const entity = result.entity.toBuffer();
+  expect(entity.length).toBeLessThanOrEqual(result.entity.size);
   expect(result.outerHeaders.toString('latin1')).toBe(expectedOuterHeaders(raw));
-  assertTransportSafe(result.entity, raw);
-  const out = reassemble(result.outerHeaders, result.entity);
+  assertTransportSafe(entity, raw);
+  const out = reassemble(result.outerHeaders, entity);
   await compareParsed(await simpleParser(raw), await simpleParser(out));
-  return { ...result, out, entityText: result.entity.toString('latin1') };
+  return { ...result, entity, out, entityText: entity.toString('latin1') };
 }
 
 /** The entity's body: everything after its header block. */
@@ -303,6 +305,35 @@ describe('prepareMessage: corpus of real-world shapes', () => {
     const raw = b(HEAD + 'Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nsoft=\r\nbreak with padding  \r\nGr=C3=BCn' + 'y'.repeat(100) + '\r\n');
     const r = await check(raw);
     expect(r.entityText).toContain('\r\n\r\nsoftbreak with padding\r\n');
+  });
+});
+
+describe('prepareMessage: text that is mostly 8-bit goes to base64, the rest stays quoted-printable', () => {
+  const textPart = (body: string, eol: string) =>
+    b(HEAD + `MIME-Version: 1.0${eol}Content-Type: text/plain; charset=utf-8${eol}Content-Transfer-Encoding: 8bit${eol}${eol}` + utf8(body));
+
+  it('keeps quoted-printable for German text, where it costs little', async () => {
+    const r = await check(textPart('Grüße aus Köln: die Änderungen für Düsseldorf kommen später.\r\n'.repeat(40), '\r\n'));
+    expect(r.entityText).toContain('Content-Transfer-Encoding: quoted-printable\r\n\r\nGr=C3=BC=C3=9Fe aus K=C3=B6ln');
+  });
+
+  for (const [name, eol] of [['CRLF', '\r\n'], ['LF', '\n']] as const) {
+    it(`writes Russian text as base64 of its CRLF form, a third of its quoted-printable size (${name} line ends)`, async () => {
+      const line = 'Съешь же ещё этих мягких французских булок, да выпей чаю.';
+      const r = await check(textPart((line + eol).repeat(40), eol));
+      const [head, body] = r.entityText.split('\r\n\r\n');
+      expect(head).toBe('Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64');
+      expect(Buffer.from(body!, 'base64').toString('utf8')).toBe((line + '\r\n').repeat(40));
+      expect(r.entity.length).toBeLessThan(1.45 * Buffer.byteLength((line + '\r\n').repeat(40)));
+    });
+  }
+
+  it('decides on the start of a large part, and on the whole part when the start is mostly ASCII', async () => {
+    const ascii = 'The figures for the quarter are in the table below, per region.\r\n'.repeat(1100); // over 64 KiB
+    const cyrillic = 'Широкая электрификация южных губерний даст мощный толчок.\r\n'.repeat(2000);
+    expect((await check(textPart(cyrillic + ascii, '\r\n'))).entityText).toContain('Content-Transfer-Encoding: base64');
+    expect((await check(textPart(ascii + cyrillic, '\r\n'))).entityText).toContain('Content-Transfer-Encoding: base64');
+    expect((await check(textPart(ascii + 'Grüße\r\n', '\r\n'))).entityText).toContain('Content-Transfer-Encoding: quoted-printable');
   });
 });
 

@@ -6,7 +6,7 @@ import { loadPath } from '../certs/load.js';
 import { validityFindings } from '../certs/validate.js';
 import { ConfigError, loadConfig } from '../config/load.js';
 import { alreadyProtected } from '../mime/already-protected.js';
-import { buildSignedMessage } from '../mime/multipart-signed.js';
+import { signMessage } from '../mime/multipart-signed.js';
 import { MimeError, prepareMessage } from '../mime/prepare.js';
 import type { SigningEngine } from '../signing/engine.js';
 import { createEngine } from '../signing/create.js';
@@ -54,7 +54,7 @@ class Refusal extends Error {}
 
 /**
  * `smime-relay sign`: one message, offline. Everything it does is a pipeline stage the relay
- * uses (admitHeader, prepareMessage, the engine, buildSignedMessage); only the input and
+ * uses (admitHeader, prepareMessage, the engine, signMessage); only the input and
  * output differ.
  */
 export async function signCommand(argv: string[], io: SignIo = defaultIo): Promise<number> {
@@ -106,8 +106,8 @@ export async function signCommand(argv: string[], io: SignIo = defaultIo): Promi
     if (invalid.length) throw new Refusal(invalid.map((f) => f.message).join('; '));
 
     const prepared = prepareMessage(message, { headerProtection: config.headerProtection });
-    engine = createEngine(config);
-    const signed = buildSignedMessage(prepared, await engine.sign(prepared.entity, bundle));
+    const signer = (engine = createEngine(config));
+    const signed = await signMessage(prepared, (content) => signer.sign(content, bundle));
     io.writeOutput(values.out, signed);
     return 0;
   } catch (e) {

@@ -365,6 +365,14 @@ export const settings = {
     doc: 'Largest message accepted, in bytes (suffixes KiB, MiB, GiB allowed). Checked against SIZE= and against the bytes received; larger gets 552 5.3.4.',
     parse: bytes,
   },
+  memoryBudget: {
+    key: 'memoryBudget',
+    env: 'SMIME_RELAY_MEMORY_BUDGET',
+    flag: '--memory-budget',
+    default: '512MiB',
+    doc: 'Most memory the messages in progress may hold together: received, prepared and signed copies (suffixes KiB, MiB, GiB allowed). A message that does not fit waits at MAIL FROM when it declared SIZE= (at most 30 s, and at most half SMIME_RELAY_IDLE_TIMEOUT_MS), otherwise gets 452 4.3.1, which its client retries. It must hold one SMIME_RELAY_MAX_SIZE message being signed (2.4 × its size), or the relay does not start.',
+    parse: bytes,
+  },
   maxRecipients: {
     key: 'maxRecipients',
     env: 'SMIME_RELAY_MAX_RECIPIENTS',

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { CanaryResult } from '../canary/canary.js';
 import type { CertificateBundle } from '../certs/bundle.js';
 import type { CertificateStore } from '../certs/store.js';
+import type { MemoryBudget } from '../memory/budget.js';
 import type { Upstream } from '../upstream/upstream.js';
 import { listenFailure } from '../startup-error.js';
 import { startObservabilityServer, type ObservabilityServer } from './http.js';
@@ -18,6 +19,8 @@ export interface ServeDeps {
   connections: () => number;
   /** Stress mode is on (src/smtp/stress.ts). */
   stress: () => boolean;
+  /** SMIME_RELAY_MEMORY_BUDGET, read at every scrape. */
+  memory?: MemoryBudget;
   /** Upstream probe interval; tests shorten it. */
   probeIntervalMs?: number;
   /** How the user named SMIME_RELAY_METRICS, for the error when it cannot listen. */
@@ -52,6 +55,7 @@ export class Observability {
           canary: opts.canary,
           stress: () => this.deps?.stress() ?? false,
           revoked: opts.revoked,
+          memory: () => this.deps?.memory,
         })
       : undefined;
     this.metrics = this.prometheus ?? noMetrics;

@@ -10,6 +10,8 @@ export const OUTCOMES = [
   'passed_protected',
   'rejected_sender',
   'rejected_size',
+  /** 452 4.3.1: SMIME_RELAY_MEMORY_BUDGET was full; the client retries later. */
+  'rejected_memory',
   'upstream_tempfail',
   'upstream_permfail',
   'sign_error',

@@ -15,6 +15,8 @@ export interface PrometheusMetricsOptions {
   stress: () => boolean;
   /** Whether a certificate is known to be revoked; undefined when revocation checks are off. Read at every scrape. */
   revoked?: (bundle: CertificateBundle) => boolean;
+  /** SMIME_RELAY_MEMORY_BUDGET and what messages in progress hold of it, read at every scrape. */
+  memory?: () => { limit: number; reserved: number; waiting: number } | undefined;
   now?: () => Date;
 }
 
@@ -140,6 +142,19 @@ export function createPrometheusMetrics(opts: PrometheusMetricsOptions): Prometh
       this.set(opts.stress() ? 1 : 0);
     },
   });
+  const memoryGauge = (name: string, help: string, read: (m: { limit: number; reserved: number; waiting: number }) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        const m = opts.memory?.();
+        if (m) this.set(read(m));
+      },
+    });
+  memoryGauge('smime_relay_memory_budget_bytes', 'SMIME_RELAY_MEMORY_BUDGET: bytes the messages in progress may hold together.', (m) => m.limit);
+  memoryGauge('smime_relay_memory_reserved_bytes', 'Bytes of the memory budget reserved by messages in progress (received, prepared and signed copies).', (m) => m.reserved);
+  memoryGauge('smime_relay_memory_waiting_transactions', 'Transactions waiting at MAIL FROM for room in the memory budget.', (m) => m.waiting);
 
   return {
     registry,

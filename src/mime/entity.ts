@@ -1,8 +1,9 @@
 /**
  * The recursive rewrite of one MIME entity into its 7-bit, CRLF, transport-safe form
- * (shared/notes/smime.md "Make it survive transport before you sign"). Output is appended to a
- * list of Buffers, mostly slices of the input, and joined once at the end.
+ * (shared/notes/smime.md "Make it survive transport before you sign"). Output is appended to
+ * EntityPieces: mostly slices of the input, and bodies to encode when the message is written.
  */
+import { EntityPieces } from './entity-pieces.js';
 import { MimeError } from './error.js';
 import {
   CRLF,
@@ -16,8 +17,8 @@ import {
   sanitizeField,
   serializeField,
 } from './header.js';
-import { F_BARE_LF, UNSAFE, lfToCrlf, scan } from './scan.js';
-import { decodeBase64, decodeQuotedPrintable, encodeBase64, encodeQuotedPrintable } from './transfer-encoding.js';
+import { F_BARE_LF, UNSAFE, bareLineFeeds, lfToCrlf, scan } from './scan.js';
+import { base64Size, decodeBase64, decodeQuotedPrintable, quotedPrintableBound } from './transfer-encoding.js';
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -32,7 +33,7 @@ export interface Limits {
 export interface Walk {
   limits: Limits;
   parts: number;
-  out: Buffer[];
+  out: EntityPieces;
 }
 
 interface Place {
@@ -100,11 +101,12 @@ function emitHeaders(fields: HeaderField[], cte: string | null, walk: Walk, plac
   walk.out.push(CRLF);
 }
 
-function decodeComposite(cte: string, body: Buffer, place: Place): Buffer {
+function decodeComposite(cte: string, body: Buffer, walk: Walk, place: Place): Buffer {
   // RFC 2045 §6.4 forbids base64/QP on composites, but such mail exists; decode it so its
   // parts can be checked and labelled 7bit. Decoded content was never seen by the enclosing
   // parser, so it must not contain an enclosing delimiter or the tree would change shape.
   const decoded = cte === 'base64' ? decodeBase64(body) : decodeQuotedPrintable(body);
+  walk.out.hold(decoded);
   for (const boundary of place.ancestors) {
     const delim = Buffer.from('--' + boundary, 'latin1');
     for (let i = decoded.indexOf(delim); i !== -1; i = decoded.indexOf(delim, i + 1)) {
@@ -128,7 +130,7 @@ function rewriteMultipart(
   let content = body;
   let newCte: string | null = cte === '' || cte === '7bit' ? null : '7bit';
   if (cte === 'base64' || cte === 'quoted-printable') {
-    content = decodeComposite(cte, body, place);
+    content = decodeComposite(cte, body, walk, place);
   } else if (!IDENTITY.has(cte)) {
     return passOrThrow(fields, cte, body, walk, place, `${label} with unknown Content-Transfer-Encoding "${cte}"`);
   }
@@ -139,7 +141,7 @@ function rewriteMultipart(
     const flags = scan(content);
     if (flags & UNSAFE) throw new MimeError(`${label} without a usable boundary is not 7-bit clean`);
     emitHeaders(fields, newCte, walk, place);
-    walk.out.push(lfToCrlf(content));
+    walk.out.crlf(content);
     return;
   }
   emitHeaders(fields, newCte, walk, place);
@@ -147,7 +149,10 @@ function rewriteMultipart(
   const out = walk.out;
   // the preamble and epilogue are not content (RFC 2046 §5.1.1: to be ignored); one that is not
   // transport-safe is dropped rather than rewritten
-  if (split.preamble !== null && !(scan(split.preamble) & UNSAFE)) out.push(lfToCrlf(split.preamble), CRLF);
+  if (split.preamble !== null && !(scan(split.preamble) & UNSAFE)) {
+    out.crlf(split.preamble);
+    out.push(CRLF);
+  }
   const child: Place = {
     depth: place.depth + 1,
     top: false,
@@ -165,14 +170,17 @@ function rewriteMultipart(
   if (place.top) {
     out.push(CRLF);
   } else if (split.epilogue !== null) {
-    if (!(scan(split.epilogue) & UNSAFE)) out.push(CRLF, lfToCrlf(split.epilogue));
+    if (!(scan(split.epilogue) & UNSAFE)) {
+      out.push(CRLF);
+      out.crlf(split.epilogue);
+    }
   }
 }
 
 function rewriteMessage(fields: HeaderField[], cte: string, body: Buffer, walk: Walk, place: Place): void {
   let content = body;
   if (cte === 'base64' || cte === 'quoted-printable') {
-    content = decodeComposite(cte, body, place);
+    content = decodeComposite(cte, body, walk, place);
   } else if (!IDENTITY.has(cte)) {
     return passOrThrow(fields, cte, body, walk, place, `message/rfc822 with unknown Content-Transfer-Encoding "${cte}"`);
   }
@@ -199,7 +207,7 @@ function passOrThrow(
 ): void {
   if (scan(body) & UNSAFE) throw new MimeError(reason);
   emitHeaders(fields, cte === '8bit' || cte === 'binary' ? '7bit' : null, walk, place);
-  walk.out.push(lfToCrlf(body));
+  walk.out.crlf(body);
 }
 
 /** Text whose bytes are not ASCII-compatible: LF there is half a character, not a line end. */
@@ -223,22 +231,50 @@ function rewriteLeaf(
   const unsafe = cte === 'base64' ? flags & UNSAFE : flags & UNSAFE || (!isText && flags & F_BARE_LF);
   if (!unsafe) {
     emitHeaders(fields, cte === '8bit' || cte === 'binary' ? '7bit' : null, walk, place);
-    walk.out.push(cte === 'base64' || isText ? lfToCrlf(body) : body);
+    if (cte === 'base64' || isText) walk.out.crlf(body);
+    else walk.out.push(body);
     return;
   }
   let content: Buffer;
   if (IDENTITY.has(cte)) content = body;
-  else if (cte === 'quoted-printable') content = decodeQuotedPrintable(body);
-  else if (cte === 'base64') content = decodeBase64(body);
+  else if (cte === 'quoted-printable') content = walk.out.hold(decodeQuotedPrintable(body));
+  else if (cte === 'base64') content = walk.out.hold(decodeBase64(body));
   else throw new MimeError(`cannot re-encode a part with unknown Content-Transfer-Encoding "${cte}"`);
   // base64 stays base64 even for text: it keeps the exact bytes and is already safe once rewrapped
-  if (isText && cte !== 'base64') {
-    emitHeaders(fields, 'quoted-printable', walk, place);
-    walk.out.push(encodeQuotedPrintable(content));
-  } else {
-    emitHeaders(fields, 'base64', walk, place);
-    walk.out.push(encodeBase64(content));
+  if (isText && cte !== 'base64') return rewriteText(fields, content, walk, place);
+  emitHeaders(fields, 'base64', walk, place);
+  walk.out.base64(content);
+}
+
+/** Enough of a text part to see that it is mostly 8-bit without pricing all of it. */
+const TEXT_SAMPLE = 64 * 1024;
+
+/**
+ * Quoted-printable keeps text readable in the source, and costs little for text that is mostly
+ * ASCII. Text that is mostly 8-bit (Cyrillic, Greek, CJK in UTF-8) would nearly triple in it, and
+ * the relay holds that copy of every message in flight, so such text goes to base64 once
+ * quoted-printable would be over half again as long (Python's email package also picks by
+ * length). base64 then carries the text's canonical form, CRLF line breaks (RFC 2045 §6.8), so
+ * both decode to the same bytes.
+ */
+function rewriteText(fields: HeaderField[], content: Buffer, walk: Walk, place: Place): void {
+  // Pricing takes a pass over the whole part, so when its start already calls for base64 that decides.
+  const sample = content.subarray(0, TEXT_SAMPLE);
+  if (sample.length === content.length || quotedPrintableFits(sample)) {
+    const qp = quotedPrintableBound(content);
+    if (quotedPrintableFits(content, qp)) {
+      emitHeaders(fields, 'quoted-printable', walk, place);
+      walk.out.quotedPrintable(content, qp);
+      return;
+    }
   }
+  emitHeaders(fields, 'base64', walk, place);
+  walk.out.base64(bareLineFeeds(content) ? walk.out.hold(lfToCrlf(content)) : content);
+}
+
+/** Quoted-printable of `text` is at most half again as long as base64 of its canonical form. */
+function quotedPrintableFits(text: Buffer, qp = quotedPrintableBound(text)): boolean {
+  return qp <= 1.5 * base64Size(text.length + bareLineFeeds(text));
 }
 
 interface Split {

@@ -17,6 +17,7 @@
  */
 import { isAscii, isUtf8 } from 'node:buffer';
 import { rewriteEntity, type Walk } from './entity.js';
+import { EntityPieces } from './entity-pieces.js';
 import { MimeError } from './error.js';
 import {
   type HeaderField,
@@ -52,8 +53,9 @@ export interface PreparedMessage {
    * text/plain; charset=us-ascii, or utf-8 / unknown-8bit for an 8-bit body), a blank line, then the body, 7-bit clean, CRLF only,
    * no line over 998 octets, top-level epilogue dropped. A multipart entity ends with its
    * close delimiter and one CRLF; the builder adds "CRLF--boundary" after the entity.
+   * Still in pieces: it is written once, into the outgoing message (src/mime/multipart-signed.ts).
    */
-  entity: Buffer;
+  entity: EntityPieces;
 }
 
 export const DEFAULT_MAX_PARTS = 1000;
@@ -107,7 +109,7 @@ function prepare(raw: Buffer, opts: PrepareOptions): PreparedMessage {
     }
   }
 
-  const walk: Walk = { limits, parts: 0, out: [] };
+  const walk: Walk = { limits, parts: 0, out: new EntityPieces() };
   rewriteEntity(content, body, walk, {
     depth: 0,
     top: true,
@@ -115,7 +117,7 @@ function prepare(raw: Buffer, opts: PrepareOptions): PreparedMessage {
     ancestors: [],
     message: false,
   });
-  return { outerHeaders: Buffer.concat(outer), entity: Buffer.concat(walk.out) };
+  return { outerHeaders: Buffer.concat(outer), entity: walk.out };
 }
 
 /**

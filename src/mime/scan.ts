@@ -79,18 +79,30 @@ function judgeLine(buf: Buffer, start: number, end: number): number {
   return flags;
 }
 
+/** How many LFs in `buf` are not preceded by CR: lfToCrlf makes the data this much longer. */
+export function bareLineFeeds(buf: Buffer): number {
+  let bare = 0;
+  for (let i = buf.indexOf(LF); i !== -1; i = buf.indexOf(LF, i + 1)) {
+    if (i === 0 || buf[i - 1] !== CR) bare++;
+  }
+  return bare;
+}
+
 /**
  * Turns every bare LF into CRLF. Only called on bodies without bare CR, so CRLF stays CRLF.
  * Returns the input itself when there is nothing to do (no copy).
  */
 export function lfToCrlf(buf: Buffer): Buffer {
-  let bare = 0;
-  for (let i = buf.indexOf(LF); i !== -1; i = buf.indexOf(LF, i + 1)) {
-    if (i === 0 || buf[i - 1] !== CR) bare++;
-  }
+  const bare = bareLineFeeds(buf);
   if (bare === 0) return buf;
   const out = Buffer.allocUnsafe(buf.length + bare);
-  let o = 0;
+  lfToCrlfInto(buf, out, 0);
+  return out;
+}
+
+/** lfToCrlf into `out` from offset `at`, which has buf.length + bareLineFeeds(buf) bytes of room; returns the end. */
+export function lfToCrlfInto(buf: Buffer, out: Buffer, at: number): number {
+  let o = at;
   let from = 0;
   for (let i = buf.indexOf(LF); i !== -1; i = buf.indexOf(LF, i + 1)) {
     if (i === 0 || buf[i - 1] !== CR) {
@@ -99,6 +111,5 @@ export function lfToCrlf(buf: Buffer): Buffer {
       from = i;
     }
   }
-  o += buf.copy(out, o, from, buf.length);
-  return out;
+  return o + buf.copy(out, o, from, buf.length);
 }

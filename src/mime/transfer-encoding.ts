@@ -131,16 +131,24 @@ function flushQuartet(out: Buffer, o: number, acc: number, count: number): numbe
 
 const B64_CHARS = Buffer.from('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/', 'latin1');
 
+/** Bytes encodeBase64 writes for `n` input bytes. */
+export function base64Size(n: number): number {
+  return n === 0 ? 0 : Math.ceil(n / 3) * 4 + (Math.ceil(n / 57) - 1) * 2;
+}
+
 /**
  * Base64 in 76-character lines joined by CRLF, without a line break after the last line.
  * Written straight into one Buffer: per-line copies or strings cost more than the encoding.
  */
 export function encodeBase64(src: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(base64Size(src.length));
+  return out.subarray(0, encodeBase64Into(src, out, 0));
+}
+
+/** encodeBase64 into `out` from offset `at`, which has base64Size(src.length) bytes of room; returns the end. */
+export function encodeBase64Into(src: Buffer, out: Buffer, at: number): number {
   const n = src.length;
-  if (n === 0) return Buffer.alloc(0);
-  const lines = Math.ceil(n / 57);
-  const out = Buffer.allocUnsafe(Math.ceil(n / 3) * 4 + (lines - 1) * 2);
-  let o = 0;
+  let o = at;
   let i = 0;
   // 57 input bytes make one full 76-character line
   const full = n - (n % 3);
@@ -170,7 +178,7 @@ export function encodeBase64(src: Buffer): Buffer {
     out[o++] = i + 1 < n ? B64_CHARS[(t >> 6) & 63]! : EQ;
     out[o++] = EQ;
   }
-  return out.subarray(0, o);
+  return o;
 }
 
 /**
@@ -184,10 +192,52 @@ export function encodeBase64(src: Buffer): Buffer {
  *   delimiter, whatever boundary an enclosing part uses.
  */
 export function encodeQuotedPrintable(src: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(quotedPrintableBound(src));
+  return out.subarray(0, encodeQuotedPrintableInto(src, out, 0));
+}
+
+/**
+ * At least as many bytes as encodeQuotedPrintable writes for `src`, and at most a few percent
+ * more: one pass that prices every byte as the encoder will (3 when escaped, CRLF for a line
+ * break), plus the soft breaks. A soft break comes only after at least 73 bytes of its line
+ * and can make the first byte after it an escape (+2), so there are at most L/71 of them
+ * (L the priced bytes), each costing at most 5 bytes. Cheap enough to decide between quoted-printable and base64 and
+ * to size the buffer the encoder writes into.
+ */
+export function quotedPrintableBound(src: Buffer): number {
   const n = src.length;
-  // worst case: every byte escaped (3x), plus a 3-byte soft break every 25 source bytes
-  const out = Buffer.allocUnsafe(n * 3 + Math.ceil(n / 25) * 3 + 8);
-  let o = 0;
+  let size = 0;
+  let lineStart = true;
+  for (let i = 0; i < n; i++) {
+    const c = src[i]!;
+    // the common bytes first: printable ASCII inside a line, and 8-bit bytes (always escaped)
+    if (c > SP && c < 0x7f && c !== EQ && !lineStart) {
+      size++;
+      continue;
+    }
+    if (c > 0x7e) {
+      size += 3;
+      lineStart = false;
+      continue;
+    }
+    if (c === LF) {
+      size += 2;
+      lineStart = true;
+      continue;
+    }
+    if (c === CR && i + 1 < n && src[i + 1] === LF) continue;
+    const next = i + 1 < n ? src[i + 1]! : -1;
+    const lastOnLine = next === -1 || next === LF || (next === CR && i + 2 < n && src[i + 2] === LF);
+    size += needsEscape(c, lastOnLine) || (lineStart && startNeedsEscape(src, i)) ? 3 : 1;
+    lineStart = false;
+  }
+  return size + 5 * Math.floor(size / 71);
+}
+
+/** encodeQuotedPrintable into `out` from offset `at`, which has quotedPrintableBound(src) bytes of room; returns the end. */
+export function encodeQuotedPrintableInto(src: Buffer, out: Buffer, at: number): number {
+  const n = src.length;
+  let o = at;
   let lineLen = 0;
   let i = 0;
   while (i < n) {
@@ -224,7 +274,7 @@ export function encodeQuotedPrintable(src: Buffer): Buffer {
     lineLen += width;
     i++;
   }
-  return out.subarray(0, o);
+  return o;
 }
 
 function needsEscape(c: number, lastOnLine: boolean): boolean {

@@ -2,6 +2,7 @@ import { SMTPServer, type SMTPServerSession } from 'smtp-server';
 import type { Logger } from 'pino';
 import { AccessPolicy } from '../access/policy.js';
 import { newTransactionId, type Pipeline } from '../pipeline.js';
+import type { MemoryAdmission } from './memory-admission.js';
 import { declaredSize, readData } from './read-data.js';
 import { RelayError, replies, type SmtpReply } from '../replies.js';
 import type { SessionPolicy } from './sessions.js';
@@ -20,6 +21,8 @@ export interface ReceiveOptions {
   sessions?: SessionPolicy;
   /** SMIME_RELAY_LMTP: speak LMTP; the pipeline then answers each recipient separately. */
   lmtp?: boolean;
+  /** SMIME_RELAY_MEMORY_BUDGET (src/smtp/memory-admission.ts); default: no budget. */
+  memory?: MemoryAdmission;
 }
 
 /** The authenticated user of a session, for a log line. */
@@ -39,6 +42,7 @@ export function createReceiver(pipeline: Pipeline, opts: ReceiveOptions): SMTPSe
   const access = opts.access ?? AccessPolicy.open(log);
   const accessOptions = access.serverOptions();
   const sessions = opts.sessions;
+  const memory = opts.memory;
   // A refusal's reply carries a tx id, and the log line with that id says why (src/smtp/refusal.ts).
   const refuse = (refusal: Refusal, level?: 'error') => smtpError(announce(log, refusal, level));
   /** The socket's own peer: a balancer's address when a PROXY header named the client. */
@@ -69,6 +73,7 @@ export function createReceiver(pipeline: Pipeline, opts: ReceiveOptions): SMTPSe
     },
     onClose(session) {
       sessions?.closed(session);
+      memory?.closed(session);
     },
     disableReverseLookup: true,
     logger: false,
@@ -105,15 +110,21 @@ export function createReceiver(pipeline: Pipeline, opts: ReceiveOptions): SMTPSe
         const draining = sessions?.admitTransaction();
         if (draining) return callback(refuse(draining));
         pipeline.admitSender(address.address, access.admitSession(session));
-        callback();
       } catch (e) {
         if (!(e instanceof RelayError)) return callback(e as Error);
-        callback(refuse({ reply: e.reply, why: 'MAIL FROM refused', fields: { client: session.remoteAddress, mailFrom: address.address, ...userOf(session) } }));
+        return callback(refuse({ reply: e.reply, why: 'MAIL FROM refused', fields: { client: session.remoteAddress, mailFrom: address.address, ...userOf(session) } }));
       }
+      if (!memory) return callback();
+      // May wait for room in the memory budget; the sender was checked first, so nobody waits only to be refused.
+      memory.admit(session, declaredSize(address.args)).then(
+        (refused) => callback(refused ? refuse(refused) : null),
+        (e: Error) => callback(e),
+      );
     },
     onData(stream, session: SMTPServerSession, callback) {
+      const held = memory?.receiving(session);
       void (async () => {
-        const data = await readData(stream, maxSize, declaredSize(session.envelope.mailFrom && session.envelope.mailFrom.args));
+        const data = await readData(stream, maxSize, declaredSize(session.envelope.mailFrom && session.envelope.mailFrom.args), held?.admit);
         sessions?.received(session);
         const peer = session.xForward.get('ADDR:DEFAULT');
         const tx = {
@@ -127,7 +138,8 @@ export function createReceiver(pipeline: Pipeline, opts: ReceiveOptions): SMTPSe
           principal: access.principalOf(session),
         };
         if (data === 'too-big') return smtpError(pipeline.refuse(tx, replies.messageTooBig(maxSize)));
-        const reply = await pipeline.process({ ...tx, raw: data });
+        if (data === 'no-memory') return smtpError(pipeline.refuse(tx, replies.insufficientMemory('the messages in progress hold the whole memory budget')));
+        const reply = await pipeline.process({ ...tx, raw: data, memory: held?.reservation });
         // LMTP (RFC 2033 §4.2): one answer per recipient, in RCPT order.
         if (opts.lmtp && reply.recipients) return reply.recipients.map((r) => (r.code === 250 ? `${r.status} ${r.text}` : smtpError(r)));
         return reply.code === 250 ? `${reply.status} ${reply.text}` : smtpError(reply);
@@ -138,7 +150,10 @@ export function createReceiver(pipeline: Pipeline, opts: ReceiveOptions): SMTPSe
             callback(refuse({ reply: replies.internalError(e.message), why: 'unexpected error while handling DATA', fields: { err: e } }, 'error'));
           },
         )
-        .finally(() => sessions?.answered(session));
+        .finally(() => {
+          held?.reservation.release();
+          sessions?.answered(session);
+        });
     },
   });
   sessions?.attach(server);

@@ -8,6 +8,9 @@ import type { Delivery, Envelope, RecipientRejection, Upstream } from './upstrea
 
 type SmtpTarget = Extract<UpstreamTarget, { kind: 'smtp' }>;
 
+/** Above this a message is large for the upstream pool: it may not take the pool's last free connection. */
+const LARGE_MESSAGE = 1024 * 1024;
+
 export interface SmtpUpstreamOptions {
   target: SmtpTarget;
   timeoutMs: number;
@@ -120,11 +123,21 @@ export class SmtpUpstream implements Upstream {
    * out later anyway, after the client was told 451 (a duplicate; bench/load-faults.ts found
    * this). The deadline therefore starts when the message goes out, and one that cannot go out
    * within it is refused without ever being sent.
+   *
+   * A large message leaves one connection to the others: eight 30 MB messages going out at once
+   * would otherwise hold every connection for seconds while a password-reset mail waits behind
+   * them (bench/memory.ts measures it).
    */
   private active = 0;
-  private readonly waiting = new Set<() => void>();
+  private readonly waiting = new Set<{ large: boolean; wake: () => void }>();
 
-  private connectionSlot(): Promise<() => void> {
+  private mayStart(large: boolean): boolean {
+    const { poolSize } = this.opts;
+    return this.active < (large && poolSize > 1 ? poolSize - 1 : poolSize);
+  }
+
+  private connectionSlot(size: number): Promise<() => void> {
+    const large = size > LARGE_MESSAGE;
     return new Promise((resolve, reject) => {
       const grant = () => {
         this.active++;
@@ -133,28 +146,32 @@ export class SmtpUpstream implements Upstream {
           if (released) return;
           released = true;
           this.active--;
-          const next = this.waiting.values().next();
-          if (!next.done) {
-            this.waiting.delete(next.value);
-            next.value();
+          for (const w of this.waiting) {
+            if (!this.mayStart(w.large)) continue;
+            this.waiting.delete(w);
+            w.wake();
+            break;
           }
         });
       };
-      if (this.active < this.opts.poolSize) return grant();
-      const wake = () => {
-        clearTimeout(timer);
-        grant();
+      if (this.mayStart(large)) return grant();
+      const waiter = {
+        large,
+        wake: () => {
+          clearTimeout(timer);
+          grant();
+        },
       };
       const timer = setTimeout(() => {
-        this.waiting.delete(wake);
+        this.waiting.delete(waiter);
         reject(new RelayError(replies.upstreamTempFail(`all ${this.opts.poolSize} upstream connections stayed busy for ${this.timeoutMs} ms; nothing was sent`)));
       }, this.timeoutMs);
-      this.waiting.add(wake);
+      this.waiting.add(waiter);
     });
   }
 
   async deliver(envelope: Envelope, message: Buffer): Promise<Delivery> {
-    const release = await this.connectionSlot();
+    const release = await this.connectionSlot(message.length);
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_, reject) => {
       timer = setTimeout(
