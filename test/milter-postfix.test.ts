@@ -1,0 +1,272 @@
+/**
+ * deploy/postfix/milter.cf proved with a real Postfix: a private instance (own config, queue and
+ * loopback ports, see test/support/postfix.ts) has smtpd_milters and non_smtpd_milters pointing at
+ * the relay's milter listener, and delivers locally into a Maildir. Mail goes
+ *   client / sendmail → Postfix ⇄ relay (milter) → queue → local(8) → Maildir
+ * and must arrive signed, verify in OpenSSL, gpgsm and NSS, and look like what the relay's own
+ * SMTP path forwards for the same message.
+ */
+import { chmodSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RawClient, sendMessage } from './support/client.js';
+import { createTestPki, makeTempDir, run, type TestPki } from './support/pki.js';
+import { freePorts, requirePostfix, startPostfix, until, type PostfixInstance } from './support/postfix.js';
+import { startTestRelay, type TestRelay } from './support/relay.js';
+import { startSink, type Sink } from './support/sink.js';
+import { assertAllVerify, splitSigned, verifyOpenssl } from './support/verify.js';
+
+const SENDER = 'alerts@example.test';
+const STRANGER = 'someone@example.org';
+const DOMAIN = 'mail.example.test';
+const RECIPIENT = `ops@${DOMAIN}`;
+
+const snippet = readFileSync(fileURLToPath(new URL('../deploy/postfix/milter.cf', import.meta.url)), 'utf8');
+const withPort = (text: string, port: number) => text.replace(/127\.0\.0\.1:8891\b/g, `127.0.0.1:${port}`);
+
+/** Local delivery writes LF; a mail client (and IMAP) sees CRLF, which is what was signed. */
+const crlf = (b: Buffer) => Buffer.from(b.toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1');
+/** The header block of a message, as text. */
+const headerOf = (m: Buffer) => m.toString('latin1').slice(0, m.toString('latin1').indexOf('\r\n\r\n') + 2);
+const field = (m: Buffer, name: string) => new RegExp(`^${name}:[ \\t]*(.*(?:\\r\\n[ \\t].*)*)`, 'im').exec(headerOf(m))?.[1];
+/** Header fields Postfix and local(8) add on the way: outside the signature, like any hop's. */
+const HOP_FIELDS = new Set(['received', 'return-path', 'delivered-to', 'x-original-to']);
+const fieldNames = (m: Buffer) =>
+  headerOf(m)
+    .split('\r\n')
+    .filter((l) => /^[^ \t].*:/.test(l))
+    .map((l) => l.slice(0, l.indexOf(':')).toLowerCase())
+    .filter((n) => !HOP_FIELDS.has(n));
+
+function message(subject: string, from = `Alerts <${SENDER}>`, body = 'Hello through the milter.\r\nGrüße, Zoë\r\n'): Buffer {
+  return Buffer.from(
+    `From: ${from}\r\nTo: ${RECIPIENT}\r\nSubject: ${subject}\r\nMessage-ID: <${subject.replace(/\W/g, '')}@example.test>\r\n` +
+      `Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n${body}`,
+    'utf8',
+  );
+}
+
+const canRun = requirePostfix();
+
+let pki: TestPki;
+let bundle: string;
+let sink: Sink;
+let relay: TestRelay | undefined;
+let postfix: PostfixInstance;
+let maildirTemp: { dir: string; remove: () => Promise<void> } | undefined;
+let maildir: string;
+let smtpPort: number;
+let milterPort: number;
+
+const startRelay = async () =>
+  startTestRelay({
+    SMIME_RELAY_CERT: bundle,
+    SMIME_RELAY_UPSTREAM: sink.url,
+    SMIME_RELAY_MILTER: `127.0.0.1:${milterPort}`,
+    SMIME_RELAY_MAX_SIZE: '60MiB',
+  });
+
+/** The messages delivered so far, in CRLF form. */
+const delivered = () => postfix.delivered().map(crlf);
+
+async function nextDelivery(before: number): Promise<Buffer> {
+  const all = await until('a delivery into the Maildir', () => (delivered().length > before ? delivered() : undefined), 20_000).catch((e: Error) => {
+    throw new Error(`${e.message}\n--- maillog ---\n${postfix.log()}`);
+  });
+  return all[before]!;
+}
+
+/** The relay's latest transaction log line for a From mailbox, or the one whose tx id a reply names. */
+const transaction = (from = SENDER) => relay!.logs.filter((l) => l.msg === 'transaction' && l.from === from).at(-1);
+const transactionOf = (reply: string) => relay!.logs.find((l) => l.msg === 'transaction' && l.tx === /\(tx ([\w-]+)\)/.exec(reply)?.[1]);
+
+beforeAll(async () => {
+  if (!canRun) return;
+  pki = await createTestPki();
+  bundle = (await pki.issueLeaf('alerts', { emails: [SENDER] })).bundlePath;
+  sink = await startSink();
+  [smtpPort, milterPort] = (await freePorts(2)) as [number, number];
+  relay = await startRelay();
+  // local(8) delivers as nobody; the postfix user must be able to traverse the parents.
+  maildirTemp = await makeTempDir('smime-relay-maildir-');
+  chmodSync(maildirTemp.dir, 0o755);
+  maildir = join(maildirTemp.dir, 'Maildir');
+  const made = await run('install', ['-d', '-o', 'nobody', '-g', 'nogroup', '-m', '700', maildir]);
+  if (made.code !== 0) throw new Error(`install -d ${maildir}: ${made.stderr}`);
+  postfix = await startPostfix({
+    mainCf: withPort(snippet, milterPort),
+    masterCf: `127.0.0.1:${smtpPort} inet n - n - - smtpd\n`,
+    maildir: { user: 'ops', domain: DOMAIN, dir: maildir },
+    main: {
+      // This test environment only: the test may play a remote client (XCLIENT from loopback,
+      // as Postfix's own test tools do), and messages are large.
+      smtpd_authorized_xclient_hosts: '127.0.0.0/8',
+      message_size_limit: '60000000',
+      mailbox_size_limit: '0',
+    },
+  });
+});
+
+afterAll(async () => {
+  await postfix?.stop();
+  await maildirTemp?.remove();
+  await relay?.close();
+  await sink?.close();
+  await pki?.cleanup();
+});
+
+describe.skipIf(!canRun)('behind Postfix as a milter (deploy/postfix/milter.cf)', () => {
+  it('runs the snippet as shipped: the three main.cf lines, and nothing in master.cf', async () => {
+    expect((await postfix.postconf('-h', 'smtpd_milters')).trim()).toBe(`inet:127.0.0.1:${milterPort}`);
+    expect((await postfix.postconf('-hx', 'non_smtpd_milters')).trim()).toBe(`inet:127.0.0.1:${milterPort}`);
+    expect((await postfix.postconf('-h', 'milter_default_action')).trim()).toBe('tempfail');
+    expect((await postfix.postconf('-h', 'milter_protocol')).trim()).toBe('6');
+  });
+
+  it('mail submitted over SMTP arrives signed, verifies in OpenSSL, gpgsm and NSS, with the outer headers kept', async () => {
+    const before = delivered().length;
+    const sent = message('over smtp');
+    const r = await sendMessage(smtpPort, SENDER, [RECIPIENT], sent);
+    expect(r.final?.code, JSON.stringify(r)).toBe(250);
+    const got = await nextDelivery(before);
+    expect(field(got, 'content-type')).toMatch(/^multipart\/signed;/);
+    await assertAllVerify(got, pki.rootCertPath);
+    for (const name of ['From', 'To', 'Subject', 'Message-ID', 'Date']) expect(field(got, name), name).toBe(field(sent, name));
+    expect(field(got, 'received')).toMatch(/by mta\.example\.test \(Postfix\)/);
+    expect(transaction()).toMatchObject({ outcome: 'signed', client: '127.0.0.1', mailFrom: SENDER, rcptCount: 1 });
+  });
+
+  it('is exactly what the relay forwards over SMTP: the same signed entity and the same outer fields, and both verify', async () => {
+    const before = delivered().length;
+    const sent = message('compare', `Alerts <${SENDER}>`, 'Line one\r\nA long line: ' + 'x'.repeat(1200) + '\r\nünïcödé\r\n');
+    expect((await sendMessage(smtpPort, SENDER, [RECIPIENT], sent)).final?.code).toBe(250);
+    const viaMilter = await nextDelivery(before);
+    const viaRelay = (await sendMessage(relay!.address.port, SENDER, [RECIPIENT], sent)).final;
+    expect(viaRelay?.code).toBe(250);
+    const forwarded = (await sink.waitFor(1)).at(-1)!.raw;
+
+    expect(splitSigned(viaMilter).content.equals(splitSigned(forwarded).content)).toBe(true);
+    expect(fieldNames(viaMilter)).toEqual(fieldNames(forwarded));
+    await assertAllVerify(viaMilter, pki.rootCertPath);
+    await assertAllVerify(forwarded, pki.rootCertPath);
+  });
+
+  it('mail from sendmail(1) (non_smtpd_milters) arrives signed and verifies', async () => {
+    const before = delivered().length;
+    const r = await postfix.sendmail(['-f', SENDER, '-i', RECIPIENT], message('from sendmail'));
+    expect(r.code, r.stderr).toBe(0);
+    const got = await nextDelivery(before);
+    expect(field(got, 'subject')).toBe('from sendmail');
+    expect((await verifyOpenssl(got, pki.rootCertPath)).ok).toBe(true);
+    await assertAllVerify(got, pki.rootCertPath);
+    // Postfix presents a local submission as localhost/127.0.0.1.
+    expect(transaction()).toMatchObject({ outcome: 'signed', client: '127.0.0.1', clientName: 'localhost' });
+  });
+
+  it('mail from a sender it does not sign for arrives unchanged', async () => {
+    const before = delivered().length;
+    const sent = message('not covered', `Someone <${STRANGER}>`);
+    expect((await sendMessage(smtpPort, STRANGER, [RECIPIENT], sent)).final?.code).toBe(250);
+    const got = await nextDelivery(before);
+    const body = (m: Buffer) => m.subarray(m.indexOf('\r\n\r\n') + 4);
+    expect(body(got).equals(body(sent))).toBe(true);
+    expect(fieldNames(got)).toEqual(fieldNames(sent));
+    expect(field(got, 'content-type')).toBe('text/plain; charset=utf-8');
+    expect(relay!.logs.some((l) => l.msg === 'transaction' && l.mailFrom === STRANGER)).toBe(false);
+    expect(relay!.logs.some((l) => String(l.msg).startsWith('milter: message passed unchanged') && l.mailFrom === STRANGER)).toBe(true);
+  });
+
+  it('an already signed message passes unchanged', async () => {
+    const signed = (await sink.waitFor(1)).at(-1)!.raw;
+    const before = delivered().length;
+    expect((await sendMessage(smtpPort, SENDER, [RECIPIENT], signed)).final?.code).toBe(250);
+    const got = await nextDelivery(before);
+    expect(splitSigned(got).content.equals(splitSigned(signed).content)).toBe(true);
+    expect(splitSigned(got).signature.equals(splitSigned(signed).signature)).toBe(true);
+    expect(transaction()).toMatchObject({ outcome: 'passed_protected' });
+  });
+
+  it('a client outside the allowed networks without SASL gets 550 5.7.1 for a covered From, and nothing is delivered', async () => {
+    const before = delivered().length;
+    const c = await RawClient.open(smtpPort);
+    let refusal = '';
+    try {
+      await c.hello();
+      // XCLIENT (from loopback, authorized for this test): the session now comes from 192.0.2.7.
+      expect((await c.command('XCLIENT ADDR=192.0.2.7 NAME=client.example.net')).code).toBe(220);
+      expect((await c.command('EHLO client.example.net')).code).toBe(250);
+      const r = await c.send(SENDER, message('from outside'), RECIPIENT);
+      expect(r.code).toBe(550);
+      expect(r.text).toMatch(/^5\.7\.1 Client address 192\.0\.2\.7 is neither loopback nor in SMIME_RELAY_ALLOW.*\(tx [\w-]+\)$/);
+      refusal = r.text;
+      // The same client may still send mail the relay does not sign: the milter is no gate for that.
+      expect((await c.send(STRANGER, message('outside, not covered', `Someone <${STRANGER}>`), RECIPIENT)).code).toBe(250);
+    } finally {
+      c.close();
+    }
+    await nextDelivery(before);
+    expect(delivered().map((m) => field(m, 'subject'))).not.toContain('from outside');
+    expect(transactionOf(refusal)).toMatchObject({ outcome: 'rejected_sender', client: '192.0.2.7', mailFrom: SENDER });
+  });
+
+  it('refuses the messages the relay refuses, with the same reply', async () => {
+    const cases: [string, Buffer][] = [
+      ['two From fields', Buffer.from(`From: ${SENDER}\r\nFrom: ${STRANGER}\r\nTo: ${RECIPIENT}\r\nSubject: two\r\n\r\nhi\r\n`)],
+      ['a From naming two mailboxes', Buffer.from(`From: ${SENDER}, ${STRANGER}\r\nTo: ${RECIPIENT}\r\nSubject: two\r\n\r\nhi\r\n`)],
+    ];
+    const before = delivered().length;
+    for (const [what, raw] of cases) {
+      const viaRelay = (await sendMessage(relay!.address.port, SENDER, [RECIPIENT], raw)).final!;
+      const viaMilter = (await sendMessage(smtpPort, SENDER, [RECIPIENT], raw)).final!;
+      expect(viaRelay.code, what).toBeGreaterThanOrEqual(500);
+      expect([viaMilter.code, viaMilter.text.replace(/\(tx [\w-]+\)/, '')], what).toEqual([viaRelay.code, viaRelay.text.replace(/\(tx [\w-]+\)/, '')]);
+    }
+    expect(delivered().length).toBe(before);
+  });
+
+  it('a message with a 20 MB attachment arrives signed and verifies', async () => {
+    const before = delivered().length;
+    const attachment = Buffer.alloc(20 * 1024 * 1024);
+    for (let i = 0; i < attachment.length; i++) attachment[i] = (i * 7919) & 0xff;
+    const raw = Buffer.concat([
+      Buffer.from(
+        `From: ${SENDER}\r\nTo: ${RECIPIENT}\r\nSubject: large\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n` +
+          `--b\r\nContent-Type: text/plain\r\n\r\nSee attachment.\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n` +
+          `Content-Disposition: attachment; filename="data.bin"\r\n\r\n`,
+      ),
+      Buffer.from(attachment.toString('base64').replace(/.{76}/g, '$&\r\n') + '\r\n--b--\r\n'),
+    ]);
+    const t0 = Date.now();
+    expect((await sendMessage(smtpPort, SENDER, [RECIPIENT], raw)).final?.code).toBe(250);
+    const got = await nextDelivery(before);
+    console.info(`postfix milter: 20 MB attachment submitted → signed in the Maildir in ${Date.now() - t0} ms`);
+    expect(field(got, 'subject')).toBe('large');
+    const v = await verifyOpenssl(got, pki.rootCertPath);
+    expect(v.ok, v.detail).toBe(true);
+  }, 120_000);
+
+  it('with the relay stopped, Postfix answers 451 and delivers nothing; signed again once it is back', async () => {
+    await relay!.close();
+    relay = undefined;
+    const before = delivered().length;
+    const r = await sendMessage(smtpPort, SENDER, [RECIPIENT], message('relay down'));
+    // milter_default_action = tempfail: Postfix refuses the session's commands with 451 4.7.1.
+    const refusal = [r.mailFrom, ...r.rcptTo, r.data, r.final].find((x) => x && x.code !== 250 && x.code !== 354);
+    expect(refusal?.code, JSON.stringify(r)).toBe(451);
+    expect(refusal?.text).toMatch(/^4\.7\.1 /);
+    expect(await postfix.queue()).toEqual([]);
+
+    relay = await startRelay();
+    expect((await sendMessage(smtpPort, SENDER, [RECIPIENT], message('relay back'))).final?.code).toBe(250);
+    const got = await nextDelivery(before);
+    expect(field(got, 'subject')).toBe('relay back');
+    expect(delivered().map((m) => field(m, 'subject'))).not.toContain('relay down');
+  });
+
+  it('every Postfix process is gone after stop', async () => {
+    expect(postfix.processes().length).toBeGreaterThan(0);
+    await postfix.stop();
+    expect(postfix.processes()).toEqual([]);
+  });
+});
