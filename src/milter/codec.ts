@@ -42,10 +42,13 @@ export class PacketReader {
     }
   }
 
+  /** Joins only the first chunks, until the length field is whole: bytes that trickle in one by one cost no more. */
   private peekLength(): number {
-    const first = this.chunks[0]!;
-    if (first.length >= 4) return first.readUInt32BE(0);
-    return Buffer.concat(this.chunks).readUInt32BE(0);
+    while (this.chunks[0]!.length < 4) {
+      const [a, b] = this.chunks;
+      this.chunks.splice(0, 2, Buffer.concat([a!, b!]));
+    }
+    return this.chunks[0]!.readUInt32BE(0);
   }
 
   private take(n: number): Buffer {

@@ -56,7 +56,8 @@ type Step = { op: 'keep' | 'change'; from: number; to: number } | { op: 'delete'
 
 export function editsFor(received: readonly MilterHeader[], receivedBody: Buffer, outgoing: Buffer, maxHeaderBytes: number): MessageEdits {
   const out = splitMessage(outgoing, maxHeaderBytes);
-  const steps = appendOnly(script(received, out.headers));
+  // A change to an empty value would read as a deletion, so such a field is deleted and added.
+  const steps = appendOnly(script(received, out.headers).flatMap((s): Step[] => (s.op === 'change' && out.headers[s.to]!.value === '' ? [{ op: 'delete', from: s.from }, { op: 'insert', to: s.to }] : [s])));
   const occurrence = occurrences(received);
   const changes: { at: number; edit: HeaderEdit }[] = [];
   const adds: HeaderEdit[] = [];
