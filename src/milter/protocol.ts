@@ -47,28 +47,8 @@ export const Action = {
   setMacroList: 0x100,
 } as const;
 
-/** SMFIP_*: events the filter does not want, and events it will not answer. */
+/** SMFIP_*: how the filter wants events sent; the relay asks for this one only (see session.ts). */
 export const Step = {
-  noConnect: 0x01,
-  noHelo: 0x02,
-  noMail: 0x04,
-  noRecipient: 0x08,
-  noBody: 0x10,
-  noHeaders: 0x20,
-  noEndOfHeaders: 0x40,
-  noReplyHeader: 0x80,
-  noUnknown: 0x100,
-  noData: 0x200,
-  /** The filter also wants rejected recipients; not asked for. */
-  recipientRejected: 0x800,
-  noReplyConnect: 0x1000,
-  noReplyHelo: 0x2000,
-  noReplyMail: 0x4000,
-  noReplyRecipient: 0x8000,
-  noReplyData: 0x10000,
-  noReplyUnknown: 0x20000,
-  noReplyEndOfHeaders: 0x40000,
-  noReplyBody: 0x80000,
   /** Header values keep their leading space, so the bytes seen are the bytes in the message. */
   headerLeadingSpace: 0x100000,
 } as const;
@@ -76,12 +56,8 @@ export const Step = {
 /** SMFIM_*: the protocol stages a macro list is for (version 6 negotiation). */
 export const MacroStage = {
   connect: 0,
-  helo: 1,
   mail: 2,
-  recipient: 3,
-  data: 4,
   endOfMessage: 5,
-  endOfHeaders: 6,
 } as const;
 
 /** The protocol version this module speaks. */
