@@ -137,6 +137,23 @@ describe.skipIf(!canRun)('the milter protocol, driven by miltertest', () => {
     expect(lastTransaction(alone)).toMatchObject({ outcome: 'passed_protected' });
   });
 
+  it('self-verification applies: a signature that does not verify answers 451 4.7.0, and nothing is edited', async () => {
+    const flip = (der: Buffer) => Buffer.concat([der.subarray(0, -1), Buffer.from([der[der.length - 1]! ^ 0x01])]);
+    const relay = await startTestRelay(
+      { ...base(), SMIME_RELAY_LISTEN: 'off', SMIME_RELAY_MILTER: '127.0.0.1:0', SMIME_RELAY_ENGINE: 'native' },
+      { wrapEngine: (engine) => ({ name: engine.name, sign: async (content, bundle) => flip(await engine.sign(content, bundle)), close: () => engine.close() }) },
+    );
+    try {
+      const port = relay.milter!.address.kind === 'inet' ? relay.milter!.address.port : 0;
+      // No HDRADD, no BODYCHANGE: the damaged message never reached Postfix.
+      expect(await send({ socket: `inet:${port}@127.0.0.1` })).toEqual(['EOH c', 'BODY c', 'EOM y']);
+      expect(lastTransaction(relay)).toMatchObject({ outcome: 'self_verify_failed' });
+      expect(String(lastTransaction(relay)!.reply)).toMatch(/^451 4\.7\.0 Signature self-check failed/);
+    } finally {
+      await relay.close();
+    }
+  });
+
   describe('with SMIME_RELAY_USERS: the SASL login the MTA names ({auth_authen})', () => {
     let relay: TestRelay;
     const inet = () => `inet:${relay.milter!.address.kind === 'inet' ? relay.milter!.address.port : 0}@127.0.0.1`;
