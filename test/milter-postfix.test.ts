@@ -6,11 +6,13 @@
  * and must arrive signed, verify in OpenSSL, gpgsm and NSS, and look like what the relay's own
  * SMTP path forwards for the same message.
  */
-import { chmodSync, readFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RawClient, sendMessage } from './support/client.js';
+import { hashPassword } from '../src/access/password.js';
+import { requireDovecot, startDovecot, type DovecotInstance } from './support/dovecot.js';
 import { createTestPki, makeTempDir, run, type TestPki } from './support/pki.js';
 import { freePorts, requirePostfix, startPostfix, until, type PostfixInstance } from './support/postfix.js';
 import { startTestRelay, type TestRelay } from './support/relay.js';
@@ -24,6 +26,15 @@ const RECIPIENT = `ops@${DOMAIN}`;
 
 const snippet = readFileSync(fileURLToPath(new URL('../deploy/postfix/milter.cf', import.meta.url)), 'utf8');
 const withPort = (text: string, port: number) => text.replace(/127\.0\.0\.1:8891\b/g, `127.0.0.1:${port}`);
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 /** Local delivery writes LF; a mail client (and IMAP) sees CRLF, which is what was signed. */
 const crlf = (b: Buffer) => Buffer.from(b.toString('latin1').replace(/\r?\n/g, '\r\n'), 'latin1');
@@ -48,6 +59,10 @@ function message(subject: string, from = `Alerts <${SENDER}>`, body = 'Hello thr
 }
 
 const canRun = requirePostfix();
+/** A private Dovecot answers Postfix's SASL (smtpd_sasl_type = dovecot) for the SMIME_RELAY_USERS tests. */
+const canSasl = canRun && requireDovecot();
+const SASL_USER = 'billing';
+const SASL_PASSWORD = 'b1ll!ng-Pa55';
 
 let pki: TestPki;
 let bundle: string;
@@ -58,6 +73,10 @@ let maildirTemp: { dir: string; remove: () => Promise<void> } | undefined;
 let maildir: string;
 let smtpPort: number;
 let milterPort: number;
+/** A second submission listener with SASL, whose milter is a second relay with SMIME_RELAY_USERS. */
+let saslPort: number;
+let usersRelay: TestRelay | undefined;
+let dovecot: DovecotInstance | undefined;
 
 const startRelay = async () =>
   startTestRelay({
@@ -86,7 +105,7 @@ beforeAll(async () => {
   pki = await createTestPki();
   bundle = (await pki.issueLeaf('alerts', { emails: [SENDER] })).bundlePath;
   sink = await startSink();
-  [smtpPort, milterPort] = (await freePorts(2)) as [number, number];
+  [smtpPort, milterPort, saslPort] = (await freePorts(3)) as [number, number, number];
   relay = await startRelay();
   // local(8) delivers as nobody; the postfix user must be able to traverse the parents.
   maildirTemp = await makeTempDir('smime-relay-maildir-');
@@ -94,9 +113,27 @@ beforeAll(async () => {
   maildir = join(maildirTemp.dir, 'Maildir');
   const made = await run('install', ['-d', '-o', 'nobody', '-g', 'nogroup', '-m', '700', maildir]);
   if (made.code !== 0) throw new Error(`install -d ${maildir}: ${made.stderr}`);
+  const sasl: string[] = [];
+  let saslListener = '';
+  if (canSasl) {
+    dovecot = await startDovecot({ maildir, user: SASL_USER, password: SASL_PASSWORD, sasl: true });
+    const users = join(maildirTemp.dir, 'users');
+    writeFileSync(users, `${SASL_USER}:${await hashPassword('the relay never sees this one')}:${SENDER}\n`, { mode: 0o600 });
+    usersRelay = await startTestRelay({ SMIME_RELAY_CERT: bundle, SMIME_RELAY_UPSTREAM: sink.url, SMIME_RELAY_MILTER: '127.0.0.1:0', SMIME_RELAY_USERS: users });
+    const usersMilter = usersRelay.milter!.address;
+    saslListener = `127.0.0.1:${saslPort} inet n - n - - smtpd\n`;
+    const service = `127.0.0.1:${saslPort}/inet`;
+    sasl.push(
+      `${service}/smtpd_sasl_auth_enable=yes`,
+      `${service}/smtpd_sasl_type=dovecot`,
+      `${service}/smtpd_sasl_path=${dovecot.saslPath}`,
+      `${service}/smtpd_milters=inet:127.0.0.1:${usersMilter.kind === 'inet' ? usersMilter.port : 0}`,
+    );
+  }
   postfix = await startPostfix({
     mainCf: withPort(snippet, milterPort),
-    masterCf: `127.0.0.1:${smtpPort} inet n - n - - smtpd\n`,
+    masterCf: `127.0.0.1:${smtpPort} inet n - n - - smtpd\n` + saslListener,
+    serviceOverrides: sasl,
     maildir: { user: 'ops', domain: DOMAIN, dir: maildir },
     main: {
       // This test environment only: the test may play a remote client (XCLIENT from loopback,
@@ -110,7 +147,9 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await postfix?.stop();
+  await dovecot?.stop();
   await maildirTemp?.remove();
+  await usersRelay?.close();
   await relay?.close();
   await sink?.close();
   await pki?.cleanup();
@@ -264,9 +303,43 @@ describe.skipIf(!canRun)('behind Postfix as a milter (deploy/postfix/milter.cf)'
     expect(delivered().map((m) => field(m, 'subject'))).not.toContain('relay down');
   });
 
-  it('every Postfix process is gone after stop', async () => {
+  describe.skipIf(!canSasl)('with SMIME_RELAY_USERS: the SASL login Postfix names ({auth_authen}, Dovecot SASL)', () => {
+    const lastOf = (r: TestRelay) => r.logs.findLast((l) => l.msg === 'transaction');
+
+    it('a user logged in over SASL gets mail from its mailbox signed', async () => {
+      const before = delivered().length;
+      const c = await RawClient.open(saslPort);
+      try {
+        await c.hello();
+        expect((await c.authPlain(SASL_USER, SASL_PASSWORD)).code).toBe(235);
+        const r = await c.send(SENDER, message('sasl user'), RECIPIENT);
+        expect(r.code, r.text).toBe(250);
+      } finally {
+        c.close();
+      }
+      const got = await nextDelivery(before);
+      expect(field(got, 'subject')).toBe('sasl user');
+      expect((await verifyOpenssl(got, pki.rootCertPath)).ok).toBe(true);
+      expect(lastOf(usersRelay!)).toMatchObject({ user: SASL_USER, outcome: 'signed', client: '127.0.0.1' });
+    });
+
+    it('without a login, the same listener gets 550 5.7.1 for a covered From, even from loopback', async () => {
+      const r = await sendMessage(saslPort, SENDER, [RECIPIENT], message('no login'));
+      expect(r.final?.code, JSON.stringify(r)).toBe(550);
+      expect(r.final?.text).toMatch(/^5\.7\.1 Authentication required: mail from a covered mailbox is signed only for senders who logged in/);
+      expect(lastOf(usersRelay!)).toMatchObject({ outcome: 'rejected_sender' });
+    });
+  });
+
+  it('every Postfix (and Dovecot) process is gone after stop', async () => {
     expect(postfix.processes().length).toBeGreaterThan(0);
     await postfix.stop();
     expect(postfix.processes()).toEqual([]);
+    if (dovecot) {
+      expect(dovecot.processes().length).toBeGreaterThan(0);
+      const pids = dovecot.processes();
+      await dovecot.stop();
+      expect(pids.filter(alive)).toEqual([]);
+    }
   });
 });
