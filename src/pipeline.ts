@@ -105,11 +105,16 @@ export class Pipeline {
   /** admit (envelope): runs at MAIL FROM, before any data is transferred. */
   admitSender(address: string, principal?: Principal): Mailbox {
     try {
-      return admitEnvelopeSender(address, this.deps.certs.mailboxes(), principal, this.deps.options.envelopeSenders);
+      return this.admitEnvelope(address, principal);
     } catch (e) {
       if (e instanceof RelayError) this.metrics.outcome(outcomeOf(e.reply, 'signed'));
       throw e;
     }
+  }
+
+  /** The envelope rule alone, not counted: the milter refuses with a whole transaction (refuse()). */
+  admitEnvelope(address: string, principal?: Principal): Mailbox {
+    return admitEnvelopeSender(address, this.deps.certs.mailboxes(), principal, this.deps.options.envelopeSenders);
   }
 
   /** A message refused before process() could run (too big): counted and logged like the others. */

@@ -12,7 +12,6 @@
  */
 import type { Logger } from 'pino';
 import type { AccessPolicy } from '../access/policy.js';
-import { admitEnvelopeSender } from '../admit/sender.js';
 import type { CertificateStore } from '../certs/store.js';
 import { DEFAULT_MAX_HEADER_BYTES } from '../mime/header.js';
 import { newTransactionId, type Pipeline, type Transaction } from '../pipeline.js';
@@ -67,7 +66,7 @@ export class RelayFilter implements MessageFilter {
       if (m.headersTruncated) throw new RelayError(replies.malformedMessage(`header block exceeds the limit of ${DEFAULT_MAX_HEADER_BYTES} bytes`));
       const principal = access.admitRelayedClient({ login: m.macro('auth_authen') || undefined, address });
       // The same envelope rule as at MAIL FROM on the SMTP listener.
-      admitEnvelopeSender(envelope.from, certs.mailboxes(), principal);
+      pipeline.admitEnvelope(envelope.from, principal);
       return { kind: 'read-body', transaction: this.transaction(m, { ...tx, ...(principal ? { principal } : {}) }) };
     } catch (e) {
       if (e instanceof RelayError) return { kind: 'refuse', reply: pipeline.refuse(tx, e.reply) };
