@@ -64,7 +64,8 @@ export interface FilterTransaction {
 }
 
 export interface MessageFilter {
-  endOfHeaders(message: MilterMessage): HeaderVerdict;
+  /** May wait (for room in the memory budget, say); the MTA waits for the answer. */
+  endOfHeaders(message: MilterMessage): HeaderVerdict | Promise<HeaderVerdict>;
 }
 
 /** Largest header block kept (as the relay's own header reader allows). */
@@ -260,7 +261,7 @@ export class MilterSession {
 
   private async endOfHeaders(): Promise<void> {
     const m = this.message;
-    const verdict = this.filter.endOfHeaders({
+    const verdict = await this.filter.endOfHeaders({
       peer: this.peer,
       connect: this.connect,
       macro: (name) => this.messageMacros.get(name) ?? this.connectionMacros.get(name),
@@ -269,6 +270,8 @@ export class MilterSession {
       headersTruncated: m.headersTruncated,
     });
     if (verdict.kind === 'read-body') {
+      // The MTA may have gone while the filter waited.
+      if (this.closed) return verdict.transaction.abandon();
       m.transaction = verdict.transaction;
       return this.write(simpleResponse(Response.continue));
     }
