@@ -249,19 +249,59 @@ describe.skipIf(!canRun)('behind Postfix as a milter (deploy/postfix/milter.cf)'
     expect(transactionOf(refusal)).toMatchObject({ outcome: 'rejected_sender', client: '192.0.2.7', mailFrom: SENDER });
   });
 
-  it('refuses the messages the relay refuses, with the same reply', async () => {
-    const cases: [string, Buffer][] = [
-      ['two From fields', Buffer.from(`From: ${SENDER}\r\nFrom: ${STRANGER}\r\nTo: ${RECIPIENT}\r\nSubject: two\r\n\r\nhi\r\n`)],
-      ['a From naming two mailboxes', Buffer.from(`From: ${SENDER}, ${STRANGER}\r\nTo: ${RECIPIENT}\r\nSubject: two\r\n\r\nhi\r\n`)],
-    ];
-    const before = delivered().length;
-    for (const [what, raw] of cases) {
+  /** Issue 10's header attacks (test/admit-header-smtp.test.ts), from the covered sender. */
+  const EVIL = 'evil@example.com';
+  const lines = (...ls: string[]) => Buffer.from([...ls, `To: ${RECIPIENT}`, '', 'Hello.', ''].join('\r\n'), 'latin1');
+  const attacks: [string, Buffer][] = [
+    ['a bare CR that would become a second From', lines(`From: ${SENDER}`, `X-A: a\rFrom: ${EVIL}`)],
+    ['a bare CR that would inject an outer Content-Type', lines(`From: ${SENDER}`, 'X-A: a\rContent-Type: multipart/mixed; boundary="x"')],
+    ['CR CR LF, which would end the header early', lines(`From: ${SENDER}`, 'X-A: a\r', `From: ${EVIL}`)],
+    ['two From fields', lines(`From: ${SENDER}`, `From: ${STRANGER}`)],
+    ['a From naming two mailboxes', lines(`From: ${SENDER}, ${STRANGER}`)],
+    ['an address followed by another in From', lines(`From: ${EVIL} <${SENDER}>`)],
+    ['a display name that is another address', lines(`From: "security@bank.example" <${SENDER}>`)],
+    ['a comment holding another address', lines(`From: ${SENDER} (${EVIL})`)],
+    ['an encoded-word display name that decodes to another address', lines(`From: =?utf-8?Q?security=40bank=2Eexample?= <${SENDER}>`)],
+    ['a Sender naming another address', lines(`From: ${SENDER}`, `Sender: ${EVIL}`)],
+    ['a Resent-From naming another address', lines(`From: ${SENDER}`, `Resent-From: ${EVIL}`)],
+    ['a group in From', lines(`From: Team: ${SENDER};`)],
+    ['whitespace before the colon', lines(`From : ${EVIL}`, `From: ${SENDER}`)],
+    ['a duplicate Content-Type', lines(`From: ${SENDER}`, 'Content-Type: text/plain', 'Content-Type: multipart/mixed; boundary=b')],
+  ];
+
+  it('the header attacks of issue 10: refused as the relay refuses them, or disarmed by Postfix before the milter reads them', async () => {
+    let asRelay = 0;
+    const outcomes: string[] = [];
+    for (const [what, raw] of attacks) {
       const viaRelay = (await sendMessage(relay!.address.port, SENDER, [RECIPIENT], raw)).final!;
+      expect(viaRelay.code, `${what}: ${viaRelay.text}`).toBeGreaterThanOrEqual(550);
+      const before = delivered().length;
       const viaMilter = (await sendMessage(smtpPort, SENDER, [RECIPIENT], raw)).final!;
-      expect(viaRelay.code, what).toBeGreaterThanOrEqual(500);
-      expect([viaMilter.code, viaMilter.text.replace(/\(tx [\w-]+\)/, '')], what).toEqual([viaRelay.code, viaRelay.text.replace(/\(tx [\w-]+\)/, '')]);
+      const status = (r: { code: number; text: string }) => `${r.code} ${r.text.split(' ')[0]}`;
+      if (viaMilter.code === 250) {
+        // Postfix rewrote the header first (a bare CR becomes a space; "From :" becomes
+        // X-Mailbox-Line): what was signed and delivered must then be harmless, one From naming
+        // the covered mailbox.
+        const got = await nextDelivery(before);
+        const head = headerOf(got);
+        expect(head.match(/^from[ \t]*:/gim), `${what}: ${head}`).toHaveLength(1);
+        expect(field(got, 'from'), what).toBe(SENDER);
+        expect(/\r(?!\n)/.test(head), what).toBe(false);
+        expect((await verifyOpenssl(got, pki.rootCertPath)).ok, what).toBe(true);
+        outcomes.push(`${what}: Postfix disarmed it, signed as ${JSON.stringify(head.split('\r\n').find((l) => /^x-a:/i.test(l)) ?? 'From: ' + field(got, 'from'))}`);
+        continue;
+      }
+      // Where Postfix rewrote the header first, the reason can differ (CR CR LF leaves two From
+      // fields, say), never the refusal: the same rules and replies as the relay's own.
+      expect(status(viaMilter), `${what}: relay said ${viaRelay.code} ${viaRelay.text}, milter ${viaMilter.code} ${viaMilter.text}`).toMatch(/^(550 5\.7\.1|554 5\.6\.0)$/);
+      const text = (r: { text: string }) => r.text.replace(/ \(tx [\w-]+\)$/, '');
+      if (text(viaMilter) === text(viaRelay)) asRelay++;
+      outcomes.push(`${what}: ${viaMilter.code} ${text(viaMilter) === text(viaRelay) ? 'as the relay' : `(relay: ${text(viaRelay)}; milter: ${text(viaMilter)})`}`);
+      expect(delivered().length, what).toBe(before);
     }
-    expect(delivered().length).toBe(before);
+    console.info(`issue 10 attacks through Postfix + milter:\n  ${outcomes.join('\n  ')}`);
+    // Most reach the milter as sent and get the relay's very reply.
+    expect(asRelay, outcomes.join('\n')).toBeGreaterThanOrEqual(attacks.length - 4);
   });
 
   it('a message with a 20 MB attachment arrives signed and verifies', async () => {

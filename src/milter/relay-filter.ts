@@ -55,7 +55,7 @@ export class RelayFilter implements MessageFilter {
       );
       return { kind: 'accept' };
     }
-    const envelope: Envelope = { from: bareAddress(m.envelope.from), to: m.envelope.to.map(bareAddress) };
+    const envelope: Envelope = { ...m.envelope, from: bareAddress(m.envelope.from), to: m.envelope.to.map(bareAddress) };
     const address = clientAddress(m);
     const tx: Omit<Transaction, 'raw'> = {
       id: newTransactionId(),

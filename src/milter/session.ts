@@ -109,8 +109,9 @@ interface MessageState {
   bodyBytes: number;
 }
 
-const newMessage = (from = ''): MessageState => ({
-  envelope: { from, to: [] },
+/** MAIL's arguments: the sender, then ESMTP parameters (SMTPUTF8 lets the header carry UTF-8, RFC 6532). */
+const newMessage = (args: string[] = []): MessageState => ({
+  envelope: { from: args[0] ?? '', to: [], ...(args.slice(1).some((p) => p.toUpperCase() === 'SMTPUTF8') ? { smtputf8: true } : {}) },
   headers: [],
   headerBytes: 0,
   headersTruncated: false,
@@ -192,7 +193,7 @@ export class MilterSession {
         return this.answer();
       case Command.mail:
         this.abandonMessage();
-        this.message = newMessage(readStrings(p.data, 'MAIL')[0] ?? '');
+        this.message = newMessage(readStrings(p.data, 'MAIL'));
         return this.answer();
       case Command.recipient:
         this.message.envelope.to.push(readStrings(p.data, 'RCPT')[0] ?? '');
