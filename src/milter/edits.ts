@@ -54,8 +54,9 @@ const MAX_DIFF_CELLS = 250_000;
 
 type Step = { op: 'keep' | 'change'; from: number; to: number } | { op: 'delete'; from: number } | { op: 'insert'; to: number };
 
-export function editsFor(received: readonly MilterHeader[], receivedBody: Buffer, outgoing: Buffer, maxHeaderBytes: number): MessageEdits {
-  const out = splitMessage(outgoing, maxHeaderBytes);
+/** The edits that turn the received message into `outgoing`, the relay's own output (no size limit: it was built from a bounded input). */
+export function editsFor(received: readonly MilterHeader[], receivedBody: Buffer, outgoing: Buffer): MessageEdits {
+  const out = splitMessage(outgoing, outgoing.length);
   // A change to an empty value would read as a deletion, so such a field is deleted and added.
   const steps = appendOnly(script(received, out.headers).flatMap((s): Step[] => (s.op === 'change' && out.headers[s.to]!.value === '' ? [{ op: 'delete', from: s.from }, { op: 'insert', to: s.to }] : [s])));
   const occurrence = occurrences(received);

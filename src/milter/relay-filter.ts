@@ -81,7 +81,7 @@ export class RelayFilter implements MessageFilter {
       chunk: (received: number): SmtpReply | undefined => (headerBytes + received > maxSize ? pipeline.refuse(tx, replies.messageTooBig(maxSize)) : undefined),
       finish: (raw: Buffer, bodyStart: number, edit: Editor): Promise<SmtpReply> => {
         const forward = async (_envelope: Envelope, outgoing: Buffer): Promise<Delivery> => {
-          await edit(editsFor(m.headers, raw.subarray(bodyStart), outgoing, DEFAULT_MAX_HEADER_BYTES));
+          await edit(editsFor(m.headers, raw.subarray(bodyStart), outgoing));
           const queueId = m.macro('i') ?? 'unknown';
           return { queueId, response: `handed back to the MTA (queue id ${queueId})`, accepted: tx.envelope.to, rejected: [] };
         };

@@ -8,6 +8,7 @@
  */
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
+import { DEFAULT_MAX_HEADER_BYTES } from '../mime/header.js';
 import type { SmtpReply } from '../replies.js';
 import type { Envelope } from '../upstream/upstream.js';
 import {
@@ -68,8 +69,6 @@ export interface MessageFilter {
   endOfHeaders(message: MilterMessage): HeaderVerdict | Promise<HeaderVerdict>;
 }
 
-/** Largest header block kept (as the relay's own header reader allows). */
-const MAX_HEADER_BYTES = 256 * 1024;
 /** While signing a large message, Postfix is told every so often that work goes on (SMFIR_PROGRESS). */
 const PROGRESS_EVERY_MS = 10_000;
 
@@ -249,7 +248,8 @@ export class MilterSession {
   private header(data: Buffer): void {
     const m = this.message;
     if (m.headersTruncated) return;
-    if (m.headerBytes + data.length > MAX_HEADER_BYTES) {
+    // Kept up to what the relay's own header reader takes; the filter refuses the rest.
+    if (m.headerBytes + data.length > DEFAULT_MAX_HEADER_BYTES) {
       m.headersTruncated = true;
       return;
     }
