@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashPassword } from '../src/access/password.js';
 import { ConfigError } from '../src/config/load.js';
+import { encodePacket } from '../src/milter/codec.js';
 import { lua, miltertest, requireMiltertest } from './support/miltertest.js';
 import { createTestPki, type TestPki } from './support/pki.js';
 import { startTestRelay, type TestRelay } from './support/relay.js';
@@ -233,6 +234,28 @@ describe('settings and the binding rule', () => {
     } finally {
       await relay.close();
     }
+  });
+
+  it('on shutdown, an idle MTA connection is closed at once (the MTA reconnects to whoever listens next)', async () => {
+    const relay = await startTestRelay({ ...base(), SMIME_RELAY_LISTEN: 'off', SMIME_RELAY_MILTER: '127.0.0.1:0' });
+    const port = relay.milter!.address.kind === 'inet' ? relay.milter!.address.port : 0;
+    const socket = connect({ host: '127.0.0.1', port });
+    const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+    socket.on('error', () => undefined);
+    // version 6, every action, every step offered: the relay answers with its own choice
+    const offer = Buffer.alloc(12);
+    offer.writeUInt32BE(6, 0);
+    offer.writeUInt32BE(0x1ff, 4);
+    offer.writeUInt32BE(0x1fffff, 8);
+    socket.write(encodePacket('O', offer));
+    const reply = await new Promise<Buffer>((resolve) => socket.once('data', resolve));
+    expect(String.fromCharCode(reply[4]!)).toBe('O');
+    expect(relay.milter!.connections).toBe(1);
+    const t0 = Date.now();
+    await relay.close();
+    await closed;
+    // SMIME_RELAY_SHUTDOWN_TIMEOUT_MS (30 s) is for messages being signed, not for idle connections.
+    expect(Date.now() - t0).toBeLessThan(10_000);
   });
 
   it.skipIf(process.getuid?.() !== 0)('a unix socket takes the group of a setgid directory, so the directory decides who may connect', async () => {
