@@ -30,7 +30,7 @@ let pki: TestPki;
 let dir: string;
 let certDir: string;
 let usersPath: string;
-/** LISTEN=off, a unix socket, a 4 KiB size limit. */
+/** LISTEN=off, a unix socket, a 4 KiB size limit, root@* as an envelope sender. */
 let alone: TestRelay;
 let socket: string;
 
@@ -47,7 +47,7 @@ beforeAll(async () => {
   usersPath = join(dir, 'users');
   await writeFile(usersPath, `billing:${await hashPassword('x')}:${OTHER}\nops:${await hashPassword('y')}\n`, { mode: 0o600 });
   socket = join(dir, 'milter.sock');
-  alone = await startTestRelay({ ...base(), SMIME_RELAY_LISTEN: 'off', SMIME_RELAY_MILTER: `unix:${socket}`, SMIME_RELAY_MAX_SIZE: '4KiB' });
+  alone = await startTestRelay({ ...base(), SMIME_RELAY_LISTEN: 'off', SMIME_RELAY_MILTER: `unix:${socket}`, SMIME_RELAY_MAX_SIZE: '4KiB', SMIME_RELAY_ENVELOPE_SENDERS: 'root@*' });
 });
 
 afterAll(async () => {
@@ -114,6 +114,10 @@ describe.skipIf(!canRun)('the milter protocol, driven by miltertest', () => {
   it('an envelope sender the relay does not sign for gets 550 5.7.1, as at MAIL FROM on the SMTP listener', async () => {
     expect(await send({ socket: unix(), mailFrom: 'bounces@example.org' })).toEqual(['EOH y']);
     expect(String(lastTransaction(alone)!.reply)).toMatch(/^550 5\.7\.1 Sender <bounces@example\.org> is not a mailbox this relay signs for/);
+  });
+
+  it('SMIME_RELAY_ENVELOPE_SENDERS applies as at MAIL FROM: a legacy sendmail envelope (root@host) is admitted for a covered From', async () => {
+    expect(await send({ socket: unix(), mailFrom: 'root@mta.example.test', stopBeforeEom: true })).toEqual(['EOH c', 'BODY c']);
   });
 
   it('a message over SMIME_RELAY_MAX_SIZE gets 552 5.3.4 as soon as its body passes the limit', async () => {
