@@ -18,7 +18,7 @@ import { createEngine } from './signing/create.js';
 import type { SigningEngine } from './signing/engine.js';
 import { tokenFromConfig } from './signing/pkcs11/from-config.js';
 import { greetingDelay } from './smtp/greeting.js';
-import { MemoryAdmission } from './smtp/memory-admission.js';
+import { MAX_MEMORY_WAIT_MS, MemoryAdmission } from './smtp/memory-admission.js';
 import { describeMilterAddress, listenMilter, type MilterListener } from './milter/listener.js';
 import { RelayFilter } from './milter/relay-filter.js';
 import { createReceiver } from './smtp/server.js';
@@ -248,7 +248,15 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     if (config.milter) {
       milter = await listenMilter({
         address: config.milter,
-        filter: new RelayFilter({ pipeline, access, certs, maxSize: config.maxSize, log }),
+        filter: new RelayFilter({
+          pipeline,
+          access,
+          certs,
+          maxSize: config.maxSize,
+          // The MTA waits for the end-of-header answer (Postfix: milter_content_timeout, 300 s).
+          memory: { budget, signing: config.signing === 'on', waitMs: MAX_MEMORY_WAIT_MS },
+          log,
+        }),
         access,
         maxConnections: config.maxClients,
         log,

@@ -159,6 +159,56 @@ describe.skipIf(!canRun)('the milter protocol, driven by miltertest', () => {
     }
   });
 
+  it('SMIME_RELAY_MEMORY_BUDGET applies: a body that outgrows the room left gets 452 4.3.1, and a closed connection gives its share back', async () => {
+    // 150 KiB holds one message of 30 KiB while it is signed (C's start check), with little to spare.
+    const relay = await startTestRelay({ ...base(), SMIME_RELAY_LISTEN: 'off', SMIME_RELAY_MILTER: '127.0.0.1:0', SMIME_RELAY_MAX_SIZE: '30KiB', SMIME_RELAY_MEMORY_BUDGET: '150KiB' });
+    try {
+      const port = relay.milter!.address.kind === 'inet' ? relay.milter!.address.port : 0;
+      const r = await miltertest(`
+        local S = "inet:${port}@127.0.0.1"
+        local function start(name, size)
+          local conn = mt.connect(S, 20, 0.1)
+          ok(mt.conninfo(conn, "client.example.net", "127.0.0.1"))
+          if size then ok(mt.mailfrom(conn, "<${SENDER}>", "SIZE=" .. size)) else ok(mt.mailfrom(conn, "<${SENDER}>")) end
+          ok(mt.rcptto(conn, "<rcpt@example.org>"))
+          ok(mt.header(conn, "From", " ${SENDER}"))
+          ok(mt.eoh(conn))
+          mt.echo(name .. " EOH " .. letter(conn))
+          return conn
+        end
+        local b = start("B")          -- holds room for its header and a signed copy
+        local a = start("A", 9000)    -- holds room for its declared 9000 bytes: little is left
+        ok(mt.bodystring(b, string.rep("x", 3000) .. "\\r\\n"))
+        mt.echo("B BODY " .. letter(b))
+        mt.disconnect(a)
+        mt.disconnect(b)
+        local c = start("C", 9000)    -- fits again only if A and B gave their share back
+        mt.disconnect(c)
+      `);
+      expect(r.code, `${r.stderr}\n${r.lines.join('\n')}`).toBe(0);
+      expect(r.lines).toEqual(['B EOH c', 'A EOH c', 'B BODY y', 'C EOH c']);
+      expect(relay.logs.find((l) => l.msg === 'transaction' && l.outcome === 'rejected_memory')).toMatchObject({ mailFrom: SENDER });
+      expect(String(relay.logs.find((l) => l.outcome === 'rejected_memory')!.reply)).toMatch(/^452 4\.3\.1 Mail system full/);
+    } finally {
+      await relay.close();
+    }
+  }, 60_000);
+
+  it('a declared SIZE= over SMIME_RELAY_MAX_SIZE gets 552 5.3.4 at the end of the header', async () => {
+    const r = await miltertest(`
+      local conn = mt.connect(${lua(`unix:${socket}`)}, 20, 0.1)
+      ok(mt.conninfo(conn, "client.example.net", "127.0.0.1"))
+      ok(mt.mailfrom(conn, "<${SENDER}>", "SIZE=999999"))
+      ok(mt.rcptto(conn, "<rcpt@example.org>"))
+      ok(mt.header(conn, "From", " ${SENDER}"))
+      ok(mt.eoh(conn))
+      mt.echo("EOH " .. letter(conn))
+      mt.disconnect(conn)
+    `);
+    expect(r.lines).toEqual(['EOH y']);
+    expect(lastTransaction(alone)).toMatchObject({ outcome: 'rejected_size' });
+  });
+
   describe('with SMIME_RELAY_USERS: the SASL login the MTA names ({auth_authen})', () => {
     let relay: TestRelay;
     const inet = () => `inet:${relay.milter!.address.kind === 'inet' ? relay.milter!.address.port : 0}@127.0.0.1`;

@@ -7,12 +7,15 @@
  * |---|---|
  * | no covered mailbox in From, Sender, Resent-* (src/milter/scope.ts) | accepted unchanged at the end of its header |
  * | client not allowed (SMIME_RELAY_USERS / SMIME_RELAY_ALLOW) or envelope sender refused | the relay's 550 5.7.1, before the body is read |
- * | larger than SMIME_RELAY_MAX_SIZE | 552 5.3.4, as soon as the body passes the limit |
+ * | no room in SMIME_RELAY_MEMORY_BUDGET | 452 4.3.1: at the end of the header after waiting for room, or as the body outgrows it |
+ * | larger than SMIME_RELAY_MAX_SIZE | 552 5.3.4: at the end of the header by its SIZE=, or as soon as the body passes the limit |
  * | covered | whatever process() decides: signed and accepted, passed (already signed, signing off), or its refusal |
  */
 import type { Logger } from 'pino';
 import type { AccessPolicy } from '../access/policy.js';
 import type { CertificateStore } from '../certs/store.js';
+import type { MemoryBudget, Reservation } from '../memory/budget.js';
+import { messageFootprint } from '../memory/footprint.js';
 import { DEFAULT_MAX_HEADER_BYTES } from '../mime/header.js';
 import { newTransactionId, type Pipeline, type Transaction } from '../pipeline.js';
 import { RelayError, replies, type SmtpReply } from '../replies.js';
@@ -27,6 +30,8 @@ export interface RelayFilterDeps {
   certs: CertificateStore;
   /** SMIME_RELAY_MAX_SIZE, counted over the header and the body as the MTA hands them over. */
   maxSize: number;
+  /** SMIME_RELAY_MEMORY_BUDGET; `signing`: a message also needs room for its signed copy. */
+  memory?: { budget: MemoryBudget; signing: boolean; waitMs: number };
   log: Logger;
 }
 
@@ -46,7 +51,7 @@ function clientAddress(m: MilterMessage): string | undefined {
 export class RelayFilter implements MessageFilter {
   constructor(private readonly deps: RelayFilterDeps) {}
 
-  endOfHeaders(m: MilterMessage): HeaderVerdict {
+  async endOfHeaders(m: MilterMessage): Promise<HeaderVerdict> {
     const { pipeline, access, certs, log } = this.deps;
     if (!claimsCoveredSender(m.headers, certs.mailboxes())) {
       log.debug(
@@ -64,21 +69,44 @@ export class RelayFilter implements MessageFilter {
     };
     try {
       if (m.headersTruncated) throw new RelayError(replies.malformedMessage(`header block exceeds the limit of ${DEFAULT_MAX_HEADER_BYTES} bytes`));
+      if ((m.declaredSize ?? 0) > this.deps.maxSize) throw new RelayError(replies.messageTooBig(this.deps.maxSize));
       const principal = access.admitRelayedClient({ login: m.macro('auth_authen') || undefined, address });
       // The same envelope rule as at MAIL FROM on the SMTP listener.
       pipeline.admitEnvelope(envelope.from, principal);
-      return { kind: 'read-body', transaction: this.transaction(m, { ...tx, ...(principal ? { principal } : {}) }) };
+      const memory = await this.reserve(m);
+      return { kind: 'read-body', transaction: this.transaction(m, { ...tx, ...(principal ? { principal } : {}), ...(memory ? { memory } : {}) }) };
     } catch (e) {
       if (e instanceof RelayError) return { kind: 'refuse', reply: pipeline.refuse(tx, e.reply) };
       throw e;
     }
   }
 
+  /**
+   * A message's share of the memory budget, as the SMTP receiver takes one at MAIL FROM: its
+   * declared SIZE= (or its header so far) and room for the signed copy. It may wait for room, as
+   * the MTA waits for the answer; it never waits while holding anything.
+   */
+  private async reserve(m: MilterMessage): Promise<Reservation | undefined> {
+    if (!this.deps.memory) return undefined;
+    const { budget, signing, waitMs } = this.deps.memory;
+    const bytes = messageFootprint(Math.max(m.declaredSize ?? 0, headerBytesOf(m)), signing);
+    const got = await budget.reserve(bytes, { waitMs });
+    if (typeof got !== 'string') return got;
+    throw new RelayError(replies.insufficientMemory(got === 'larger-than-budget' ? `a message of ${m.declaredSize} bytes needs more than the whole memory budget` : `no room within ${waitMs} ms`));
+  }
+
   private transaction(m: MilterMessage, tx: Omit<Transaction, 'raw'>): FilterTransaction {
     const { pipeline, maxSize } = this.deps;
-    const headerBytes = m.headers.reduce((n, h) => n + h.name.length + h.value.length + 3, 2);
+    const signing = this.deps.memory?.signing ?? false;
+    const headerBytes = headerBytesOf(m);
     return {
-      chunk: (received: number): SmtpReply | undefined => (headerBytes + received > maxSize ? pipeline.refuse(tx, replies.messageTooBig(maxSize)) : undefined),
+      chunk: (received: number): SmtpReply | undefined => {
+        const size = headerBytes + received;
+        if (size > maxSize) return pipeline.refuse(tx, replies.messageTooBig(maxSize));
+        // Growing never waits: a message that holds memory and waits for more could deadlock with others.
+        if (tx.memory && !tx.memory.ensure(messageFootprint(size, signing))) return pipeline.refuse(tx, replies.insufficientMemory('no room to receive this message now'));
+        return undefined;
+      },
       finish: (raw: Buffer, bodyStart: number, edit: Editor): Promise<SmtpReply> => {
         const forward = async (_envelope: Envelope, outgoing: Buffer): Promise<Delivery> => {
           await edit(editsFor(m.headers, raw.subarray(bodyStart), outgoing));
@@ -87,7 +115,10 @@ export class RelayFilter implements MessageFilter {
         };
         return pipeline.process({ ...tx, raw }, forward);
       },
-      abandon: () => undefined,
+      abandon: () => tx.memory?.release(),
     };
   }
 }
+
+/** The header block as the MTA sent it, in bytes. */
+const headerBytesOf = (m: MilterMessage): number => m.headers.reduce((n, h) => n + h.name.length + h.value.length + 3, 2);

@@ -40,6 +40,8 @@ export interface MilterMessage {
   /** A macro the MTA defined for this connection or message (name without braces); later ones arrive as the message goes on. */
   macro(name: string): string | undefined;
   readonly envelope: Envelope;
+  /** SIZE= on MAIL (RFC 1870), when the client declared it. */
+  readonly declaredSize?: number;
   readonly headers: readonly MilterHeader[];
   /** The header block was larger than the session keeps; `headers` holds its beginning. */
   readonly headersTruncated: boolean;
@@ -97,6 +99,7 @@ const MESSAGE_STAGES = new Set<string>([Command.mail, Command.recipient, Command
 
 interface MessageState {
   envelope: Envelope;
+  declaredSize?: number;
   headers: MilterHeader[];
   headerBytes: number;
   headersTruncated: boolean;
@@ -111,6 +114,7 @@ interface MessageState {
 /** MAIL's arguments: the sender, then ESMTP parameters (SMTPUTF8 lets the header carry UTF-8, RFC 6532). */
 const newMessage = (args: string[] = []): MessageState => ({
   envelope: { from: args[0] ?? '', to: [], ...(args.slice(1).some((p) => p.toUpperCase() === 'SMTPUTF8') ? { smtputf8: true } : {}) },
+  declaredSize: args.slice(1).map((p) => /^SIZE=(\d{1,12})$/i.exec(p)?.[1]).filter((n) => n !== undefined).map(Number)[0],
   headers: [],
   headerBytes: 0,
   headersTruncated: false,
@@ -267,6 +271,7 @@ export class MilterSession {
       connect: this.connect,
       macro: (name) => this.messageMacros.get(name) ?? this.connectionMacros.get(name),
       envelope: m.envelope,
+      declaredSize: m.declaredSize,
       headers: m.headers,
       headersTruncated: m.headersTruncated,
     });
