@@ -1,4 +1,5 @@
 /** Figures of one benchmark run, the targets of issues 7 and 12, and the Markdown that bench/results/latest.md holds. */
+import type { PostfixPathResult } from './postfix-paths.js';
 import { median, type SelfVerifyCost } from './self-verify.js';
 
 export interface Measured {
@@ -264,7 +265,7 @@ function latencyCells(m: Measured): string {
   return `${f1(percentile(m.latencies, 50))} | ${f1(percentile(m.latencies, 95))} | ${f1(percentile(m.latencies, 99))}`;
 }
 
-export function renderReport(info: RunInfo, results: ConfigResult[], targets: Target[], selfVerify?: SelfVerifyCost): string {
+export function renderReport(info: RunInfo, results: ConfigResult[], targets: Target[], selfVerify?: SelfVerifyCost, postfix: PostfixPathResult[] | string = 'not run'): string {
   const m = info.machine;
   const by = (name: ConfigResult['name']) => results.find((r) => r.name === name);
   const u = by('unsigned')?.reused.msgPerSec ?? NaN;
@@ -290,6 +291,15 @@ export function renderReport(info: RunInfo, results: ConfigResult[], targets: Ta
   if (selfVerify) {
     const cost = selfVerifyCostOf(selfVerify);
     out.push(`- **Self-verification** (on by default) costs **${f1(cost.throughput * 100)} %** of native signed throughput (median ${f0(median(selfVerify.on.msgPerSec))} vs ${f0(median(selfVerify.off.msgPerSec))} msg/s) and ${f1(cost.cpu * 100)} % relay CPU; in-process the check takes ${f0(selfVerify.inProcess.verifyUs)} µs of CPU per 2 KB message against ${f0(selfVerify.inProcess.signUs)} µs to sign it.`);
+  }
+  const pm = typeof postfix === 'string' ? undefined : postfix.find((r) => r.name === 'milter');
+  const pf = typeof postfix === 'string' ? undefined : postfix.find((r) => r.name === 'content filter');
+  if (pm && pf) {
+    const cost = (r: PostfixPathResult) => r.cpuMsPerMsg.relay + r.cpuMsPerMsg.postfix;
+    out.push(
+      `- **Behind Postfix**, the relay as a **milter** delivers ${f0(pm.delivered.msgPerSec)} msg/s against ${f0(pf.delivered.msgPerSec)} msg/s as an after-queue content filter ` +
+        `(**${f2(pm.delivered.msgPerSec / pf.delivered.msgPerSec)} ×**), for ${f2(cost(pm))} against ${f2(cost(pf))} ms of relay + Postfix CPU per message.`,
+    );
   }
   out.push('');
   out.push('## Targets (issues 7, 10 and 12)', '', '| figure | target | measured | result |', '|---|---|---|---|');
@@ -352,6 +362,31 @@ export function renderReport(info: RunInfo, results: ConfigResult[], targets: Ta
     }
     out.push(`| median | ${f0(median(selfVerify.on.msgPerSec))} | ${f0(median(selfVerify.off.msgPerSec))} | ${f2(median(selfVerify.on.cpuMsPerMsg))} | ${f2(median(selfVerify.off.cpuMsPerMsg))} |`);
     out.push('', `Both relays run at once; each round measures one after the other under the same load (2 KB, ${info.params.sessions} sessions, reused connections), the order alternating. In-process, one 2 KB message: ${f0(selfVerify.inProcess.signUs)} µs CPU to prepare, sign and wrap, ${f0(selfVerify.inProcess.verifyUs)} µs CPU to self-verify.`, '');
+  }
+  out.push('## Behind Postfix: milter against after-queue content filter', '');
+  if (typeof postfix === 'string') out.push(`Postfix comparison ${postfix}.`, '');
+  else {
+    out.push(
+      `The same ${postfix[0]?.messages ?? 0} messages (2 KB, ${postfix[0]?.sessions ?? 0} sessions reusing connections) into a private Postfix that relays to the sink, ` +
+        'once with the relay as a milter (`deploy/postfix/milter.cf`), once as an after-queue content filter (`deploy/postfix/main.cf` + `master.cf`).',
+      '',
+      '| setup | clients get 250: msg/s | p50 ms | p95 ms | p99 ms | delivered to the sink: msg/s | relay CPU ms/msg | Postfix CPU ms/msg | errors |',
+      '|---|---|---|---|---|---|---|---|---|',
+    );
+    for (const r of postfix) {
+      const sub = r.submitted;
+      out.push(
+        `| ${r.name} | ${f0(sub.msgPerSec)} | ${f1(percentile(sub.latencies, 50))} | ${f1(percentile(sub.latencies, 95))} | ${f1(percentile(sub.latencies, 99))} | ` +
+          `${f0(r.delivered.msgPerSec)} | ${f2(r.cpuMsPerMsg.relay)} | ${f2(r.cpuMsPerMsg.postfix)} | ${sub.errors ? `${sub.errors} (${sub.firstError})` : 0} |`,
+      );
+    }
+    out.push(
+      '',
+      '- "clients get 250": from MAIL FROM to Postfix\'s 250 after the data; with the milter that includes signing, with the content filter only queueing.',
+      '- "delivered": from the first submission until Postfix logged the last `status=sent` to the sink; it includes the content filter\'s second pass through the queue.',
+      '- Postfix CPU: utime+stime of every process of the instance, the live daemons plus those master reaped, across the measured messages.',
+      '',
+    );
   }
   out.push('## Machine', '');
   out.push(`- ${m.cores} cores (${m.cpu}), ${f1(m.memoryGiB)} GiB memory, Linux ${m.kernel}`);

@@ -17,10 +17,11 @@ import { eightBitMessage, largeMessage, smallMessage } from './messages.js';
 import { EIGHT_BIT, measureEightBit } from './memory.js';
 import { cpu, memory, runTimed, sampleTreeRss, SMTP_SOURCE, startRelay, startSink, type CpuSample, type Service } from './processes.js';
 import { dataPayload, measureGreetings, runLoad, sendConcurrently, type Envelope, type LoadResult } from './smtp-client.js';
+import { measurePostfixPaths, postfixPathsProblem, type PostfixPathResult } from './postfix-paths.js';
 import { renderReport, evaluateTargets, type ConfigResult, type LargeResult, type Measured, type RunInfo } from './report.js';
 import { measureSelfVerifyCost, type SelfVerifyCost } from './self-verify.js';
 
-const HELP = `Usage: npm run bench [-- --quick] [-- --out FILE]
+const HELP = `Usage: npm run bench [-- --quick] [-- --out FILE] [-- --no-postfix | --postfix-only]
 
 Measures unsigned pass-through, the openssl engine and the native engine side by side, the last
 also with its key on a SoftHSM2 token (PKCS#11) when softhsm2 and the pkcs11js binding are there:
@@ -29,12 +30,16 @@ connect→220 times, peak RSS with one and with ten concurrent 25 MB messages, a
 and twelve concurrent 24 MiB messages of 8-bit text while small messages keep being sent
 (the memory budget; \`npm run bench:memory\` runs only that). Then the cost of
 self-verification: the native engine with SMIME_RELAY_SELF_VERIFY on and off, in alternating
-rounds, and the check timed in-process against signing.
+rounds, and the check timed in-process against signing. Last, behind a private Postfix (when
+it can run: root, postfix installed), the relay as a milter against the relay as an
+after-queue content filter, with the same messages.
 Relays run as child processes (node dist/cli.js serve, rebuilt first with tsc -p src);
 the sink is Postfix smtp-sink when installed; smtp-source cross-checks throughput.
 
   --quick      shorter throughput windows (about 1.5 minutes less)
   --no-build   use dist/ as it is
+  --no-postfix     leave out the Postfix comparison
+  --postfix-only   run only the Postfix comparison (printed, not written to the results file)
   --out FILE   where to write the Markdown results (default bench/results/latest.md)
   -h, --help   show this help
 `;
@@ -44,6 +49,8 @@ const { values: flags } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false },
     'no-build': { type: 'boolean', default: false },
+    'no-postfix': { type: 'boolean', default: false },
+    'postfix-only': { type: 'boolean', default: false },
     out: { type: 'string', default: join(root, 'bench/results/latest.md') },
     help: { type: 'boolean', short: 'h', default: false },
   },
@@ -64,6 +71,8 @@ const P = {
   largeConcurrent: 10,
   /** smtp-source runs about this long per scenario (its message count is sized from our own rate). */
   sourceSeconds: quick ? 1.5 : 3,
+  /** Messages through each Postfix setup (milter, content filter). */
+  postfixMessages: quick ? 500 : 2000,
 };
 
 const FROM = 'bench@example.test';
@@ -187,6 +196,7 @@ async function main(): Promise<void> {
   info.loadGenerator = `own Node client (bench/smtp-client.ts)${existsSync(SMTP_SOURCE) ? ' + Postfix smtp-source as cross-check' : ''}`;
   const results: ConfigResult[] = [];
   let selfVerify: SelfVerifyCost | undefined;
+  let postfix: PostfixPathResult[] | string = 'not run (--no-postfix)';
   let failed = true;
   try {
     const leaf = await pki.issueLeaf('bench', { emails: [FROM] });
@@ -196,18 +206,20 @@ async function main(): Promise<void> {
     const common = { SMIME_RELAY_CERT: leaf.bundlePath, SMIME_RELAY_UPSTREAM: `smtp://127.0.0.1:${sink.port}`, LOG_LEVEL: 'info' };
 
     // The ceiling of this client and sink on this machine, with no relay in between.
-    log(`reference: client → ${sink.kind} directly …`);
-    const direct = await runLoad({ port: sink.port, sessions: P.sessions, reuse: true, warmupMs: P.warmupMs, measureMs: P.measureMs, envelope, payload: small });
-    info.reference = { msgPerSec: direct.messages / direct.seconds, errors: direct.errors };
+    if (!flags['postfix-only']) {
+      log(`reference: client → ${sink.kind} directly …`);
+      const direct = await runLoad({ port: sink.port, sessions: P.sessions, reuse: true, warmupMs: P.warmupMs, measureMs: P.measureMs, envelope, payload: small });
+      info.reference = { msgPerSec: direct.messages / direct.seconds, errors: direct.errors };
+    }
 
-    const token = await tokenConfig(work, leaf, pki);
+    const token = flags['postfix-only'] ? undefined : await tokenConfig(work, leaf, pki);
     const configs: { name: ConfigResult['name']; label: string; env: Record<string, string>; large: boolean }[] = [
       { name: 'unsigned', label: 'unsigned pass-through (SMIME_RELAY_SIGNING=off)', env: { SMIME_RELAY_SIGNING: 'off' }, large: true },
       { name: 'openssl', label: 'openssl engine (SMIME_RELAY_ENGINE=openssl)', env: { SMIME_RELAY_ENGINE: 'openssl' }, large: true },
       { name: 'native', label: 'native engine (SMIME_RELAY_ENGINE=native)', env: { SMIME_RELAY_ENGINE: 'native' }, large: true },
       ...(token ? [{ name: 'native-token' as const, label: 'native engine, key on a SoftHSM2 token (SMIME_RELAY_PKCS11_*)', env: { SMIME_RELAY_ENGINE: 'native', ...token }, large: false }] : []),
     ];
-    for (const c of configs) {
+    for (const c of flags['postfix-only'] ? [] : configs) {
       const t = performance.now();
       let seq = 0;
       const start = () => startRelay({ cli: join(root, 'dist/cli.js'), env: { ...common, ...c.env }, logPath: join(work, `${c.name}-${++seq}.log`) });
@@ -242,20 +254,41 @@ async function main(): Promise<void> {
       results.push(result);
     }
 
-    log('self-verification cost (native engine, SMIME_RELAY_SELF_VERIFY on vs off, alternating rounds):');
-    let seq = 0;
-    selfVerify = await measureSelfVerifyCost({
-      start: (sv) => startRelay({ cli: join(root, 'dist/cli.js'), env: { ...common, SMIME_RELAY_ENGINE: 'native', SMIME_RELAY_SELF_VERIFY: sv }, logPath: join(work, `self-verify-${sv}-${++seq}.log`) }),
-      bundlePath: leaf.bundlePath,
-      raw: smallMessage(FROM, TO, P.smallSize),
-      payload: small,
-      envelope,
-      sessions: P.sessions,
-      warmupMs: P.warmupMs,
-      measureMs: quick ? 2000 : 4000,
-      rounds: quick ? 3 : 5,
-      log,
-    });
+    if (!flags['postfix-only']) {
+      log('self-verification cost (native engine, SMIME_RELAY_SELF_VERIFY on vs off, alternating rounds):');
+      let seq = 0;
+      selfVerify = await measureSelfVerifyCost({
+        start: (sv) => startRelay({ cli: join(root, 'dist/cli.js'), env: { ...common, SMIME_RELAY_ENGINE: 'native', SMIME_RELAY_SELF_VERIFY: sv }, logPath: join(work, `self-verify-${sv}-${++seq}.log`) }),
+        bundlePath: leaf.bundlePath,
+        raw: smallMessage(FROM, TO, P.smallSize),
+        payload: small,
+        envelope,
+        sessions: P.sessions,
+        warmupMs: P.warmupMs,
+        measureMs: quick ? 2000 : 4000,
+        rounds: quick ? 3 : 5,
+        log,
+      });
+    }
+    if (!flags['no-postfix']) {
+      const problem = postfixPathsProblem();
+      if (problem) {
+        postfix = `not run: ${problem}`;
+        log(`Postfix comparison ${postfix}`);
+      } else {
+        postfix = await measurePostfixPaths({
+          root,
+          bundle: leaf.bundlePath,
+          sinkPort: sink.port,
+          envelope,
+          payload: small,
+          messages: P.postfixMessages,
+          sessions: P.sessions,
+          work,
+          log,
+        });
+      }
+    }
     failed = false;
   } finally {
     await sink.stop();
@@ -266,7 +299,13 @@ async function main(): Promise<void> {
   const targets = evaluateTargets(results, P.largeSize, selfVerify);
   info.elapsedSeconds = (performance.now() - t0) / 1000;
   info.machine.loadAfter = loadavg()[0]!;
-  const md = renderReport(info, results, targets, selfVerify);
+  const md = renderReport(info, results, targets, selfVerify, postfix);
+  if (flags['postfix-only']) {
+    // Half a report would overwrite the last full one: print the Postfix section instead.
+    log('\n' + md.slice(md.indexOf('## Behind Postfix'), md.indexOf('## Machine')));
+    rmSync(work, { recursive: true, force: true });
+    return;
+  }
   log('');
   for (const t of targets) log(`${t.pass === undefined ? ' n/a' : t.pass ? 'PASS' : 'FAIL'}  ${t.figure}: ${t.measured} (target ${t.target})`);
   mkdirSync(join(flags.out, '..'), { recursive: true });

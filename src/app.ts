@@ -18,16 +18,21 @@ import { createEngine } from './signing/create.js';
 import type { SigningEngine } from './signing/engine.js';
 import { tokenFromConfig } from './signing/pkcs11/from-config.js';
 import { greetingDelay } from './smtp/greeting.js';
-import { MemoryAdmission } from './smtp/memory-admission.js';
+import { MAX_MEMORY_WAIT_MS, MemoryAdmission } from './smtp/memory-admission.js';
+import { describeMilterAddress, listenMilter, type MilterListener } from './milter/listener.js';
+import { RelayFilter } from './milter/relay-filter.js';
 import { createReceiver } from './smtp/server.js';
 import { SessionPolicy } from './smtp/sessions.js';
 import { FileUpstream } from './upstream/file.js';
-import { listenFailure } from './startup-error.js';
+import { listenFailure, StartupError } from './startup-error.js';
 import { SmtpUpstream } from './upstream/smtp.js';
 import type { Upstream } from './upstream/upstream.js';
 
 export interface RunningRelay {
+  /** The SMTP listener's address; reading it with SMIME_RELAY_LISTEN=off is an error. */
   readonly address: { host: string; port: number };
+  /** The milter listener (SMIME_RELAY_MILTER), when configured; its port is the bound one. */
+  readonly milter?: MilterListener;
   readonly certs: CertificateStore;
   readonly upstream: Upstream;
   /** Where /metrics, /healthz and /readyz are served (SMIME_RELAY_METRICS); undefined when off. */
@@ -201,11 +206,14 @@ export async function openSigningPath(config: Config, log: Logger, internals: Re
 }
 
 export async function startRelay(config: Config, log: Logger, internals: RelayInternals = {}): Promise<RunningRelay> {
+  const name = settingNames(internals);
+  if (config.listen === 'off' && !config.milter) {
+    throw new ConfigError(`${name('listen')}=off turns the SMTP listener off, so ${name('milter')} must be set, or nothing would listen.`);
+  }
   // First: an exposed listener without ALLOW or USERS must stop the relay before anything else happens.
   const access = await openAccess(config, log);
   // Before anything is opened: a missing or pre-3.0 openssl is a start-up error, not 451 on every message.
   if (config.engine === 'openssl') log.debug({ openssl: checkOpensslVersion(internals.openssl) }, 'openssl found');
-  const name = settingNames(internals);
   const budget = memoryBudget(config, name);
   const path = await openSigningPath(config, log, internals);
   const { certs, engine, upstream, pipeline, observability } = path;
@@ -225,7 +233,7 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     shutdownTimeoutMs: config.shutdownTimeoutMs,
     log,
   });
-  const server = createReceiver(pipeline, {
+  const server = config.listen === 'off' ? undefined : createReceiver(pipeline, {
     sessions,
     lmtp: config.lmtp,
     maxSize: config.maxSize,
@@ -234,18 +242,43 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     greetingDelay: greetingDelay({ delayMs: config.greetingDelayMs, isTrusted: (a) => access.allowListed(a) }),
     access,
   });
-  await new Promise<void>((resolve, reject) => {
-    const failed = (err: Error) => reject(listenFailure(name('listen'), config.listen, err));
-    server.once('error', failed);
-    server.listen(config.listen.port, config.listen.host, () => {
-      server.off('error', failed);
-      resolve();
-    });
-  });
-  server.on('error', (err) => log.error({ err }, 'SMTP listener error'));
-  const bound = server.server.address() as AddressInfo;
+  if (server && config.listen !== 'off') await listenSmtp(server, config.listen, name('listen'), log);
+  let milter: MilterListener | undefined;
+  try {
+    if (config.milter) {
+      milter = await listenMilter({
+        address: config.milter,
+        filter: new RelayFilter({
+          pipeline,
+          access,
+          certs,
+          maxSize: config.maxSize,
+          // The MTA waits for the end-of-header answer (Postfix: milter_content_timeout, 300 s).
+          memory: { budget, signing: config.signing === 'on', waitMs: MAX_MEMORY_WAIT_MS },
+          log,
+        }),
+        access,
+        maxConnections: config.maxClients,
+        log,
+      }).catch((err: Error) => {
+        const address = config.milter!;
+        throw address.kind === 'inet' ? listenFailure(name('milter'), address, err) : new StartupError(`${name('milter')} ${describeMilterAddress(address)}: cannot listen: ${err.message}.`);
+      });
+    }
+  } catch (e) {
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    throw e;
+  }
+  const bound = server && (server.server.address() as AddressInfo);
   log.info(
-    { listen: `${bound.address}:${bound.port}`, upstream: upstream.description, signsFor: certs.mailboxes(), signing: config.signing, engine: engine.name },
+    {
+      listen: bound ? `${bound.address}:${bound.port}` : 'off',
+      ...(milter ? { milter: describeMilterAddress(milter.address) } : {}),
+      upstream: upstream.description,
+      signsFor: certs.mailboxes(),
+      signing: config.signing,
+      engine: engine.name,
+    },
     'smime-relay listening',
   );
   try {
@@ -253,20 +286,24 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
       certs,
       upstream,
       log,
-      live: () => server.server.listening,
-      connections: () => server.connections.size,
+      live: () => (server ? server.server.listening : true) && (milter ? milter.listening() : true),
+      connections: () => (server?.connections.size ?? 0) + (milter?.connections ?? 0),
       stress: () => sessions.stressed,
       memory: budget,
       probeIntervalMs: internals.probeIntervalMs,
       setting: name('metrics'),
     });
   } catch (e) {
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await Promise.all([server && new Promise<void>((resolve) => server.close(() => resolve())), milter?.close(config.shutdownTimeoutMs)]);
     throw e;
   }
   canary?.start();
   return {
-    address: { host: bound.address, port: bound.port },
+    get address() {
+      if (!bound) throw new Error('the SMTP listener is off (SMIME_RELAY_LISTEN=off)');
+      return { host: bound.address, port: bound.port };
+    },
+    milter,
     metricsAddress: observability.address,
     certs,
     upstream,
@@ -277,10 +314,23 @@ export async function startRelay(config: Config, log: Logger, internals: RelayIn
     async close() {
       await canary?.close();
       // Finish what is in progress (bounded by SMIME_RELAY_SHUTDOWN_TIMEOUT_MS), then the pool.
-      await sessions.drain();
+      await Promise.all([sessions.drain(), milter?.close(config.shutdownTimeoutMs)]);
       // Last, so /readyz answers 503 while transactions drain.
       await observability.close();
       await path.close();
     },
   };
+}
+
+/** Binds the SMTP listener; its errors after that are logged, not fatal. */
+async function listenSmtp(server: ReturnType<typeof createReceiver>, listen: { host: string; port: number }, setting: string, log: Logger): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const failed = (err: Error) => reject(listenFailure(setting, listen, err));
+    server.once('error', failed);
+    server.listen(listen.port, listen.host, () => {
+      server.off('error', failed);
+      resolve();
+    });
+  });
+  server.on('error', (err) => log.error({ err }, 'SMTP listener error'));
 }

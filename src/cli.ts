@@ -10,7 +10,8 @@ import { CANARY_HELP, canaryOnce } from './commands/canary.js';
 import { versionCommand } from './commands/version.js';
 import { DEV_MAILBOX } from './certs/dev.js';
 import { ConfigError, loadConfig, settingNames } from './config/load.js';
-import { isSwitch, settingList } from './config/settings.js';
+import { isSwitch, settingList, type MilterAddress } from './config/settings.js';
+import { describeMilterAddress } from './milter/listener.js';
 import { configExampleYaml, configTableMarkdown } from './config/table.js';
 import { createLogger, prettyDestination } from './log.js';
 import { StartupError } from './startup-error.js';
@@ -126,6 +127,8 @@ async function configCommand(argv: string[]): Promise<number> {
 /** Renders a parsed value back into the form a user writes, with secrets masked. */
 function displayValue(key: string, value: unknown): string {
   if (value === undefined) return '';
+  if (value === 'off') return 'off';
+  if (key === 'milter') return describeMilterAddress(value as MilterAddress);
   if (key === 'listen' || key === 'metrics') {
     const v = value as { host: string; port: number };
     return v.host.includes(':') ? `[${v.host}]:${v.port}` : `${v.host}:${v.port}`;

@@ -19,7 +19,7 @@ import { noMetrics, type RelayMetrics } from './metrics/relay-metrics.js';
 import { StageTimer } from './metrics/stage-timer.js';
 import { RelayError, replies, withTransactionId, type SmtpReply } from './replies.js';
 import { RefusedRecipients } from './upstream/refused-recipients.js';
-import type { Envelope, Upstream } from './upstream/upstream.js';
+import type { Delivery, Envelope, Upstream } from './upstream/upstream.js';
 
 /** A message as received: the envelope, the bytes, and who sent it. */
 export interface Transaction {
@@ -76,11 +76,18 @@ export interface PipelineDeps {
 
 type AcceptedOutcome = Parameters<typeof outcomeOf>[1];
 
+/**
+ * forward: hands the finished message on. The SMTP listener's transactions go to the upstream;
+ * the milter (src/milter/) hands the message back to the MTA that asked, which delivers it.
+ */
+export type Forward = (envelope: Envelope, message: Buffer) => Promise<Delivery>;
+
 export const newTransactionId = (): string => randomBytes(6).toString('base64url');
 
 /**
  * The relay, top to bottom: receive → admit → prepare → sign → self-verify → forward.
  * Receiving is src/smtp/server.ts; it calls admitSender() at MAIL FROM and process() after DATA.
+ * The milter (src/milter/) receives from an MTA instead and runs the same stages.
  * Every failure is a RelayError whose reply goes to the client unchanged; 250 is only ever
  * answered after the upstream accepted.
  */
@@ -98,11 +105,16 @@ export class Pipeline {
   /** admit (envelope): runs at MAIL FROM, before any data is transferred. */
   admitSender(address: string, principal?: Principal): Mailbox {
     try {
-      return admitEnvelopeSender(address, this.deps.certs.mailboxes(), principal, this.deps.options.envelopeSenders);
+      return this.admitEnvelope(address, principal);
     } catch (e) {
       if (e instanceof RelayError) this.metrics.outcome(outcomeOf(e.reply, 'signed'));
       throw e;
     }
+  }
+
+  /** The envelope rule alone, not counted: the milter refuses with a whole transaction (refuse()). */
+  admitEnvelope(address: string, principal?: Principal): Mailbox {
+    return admitEnvelopeSender(address, this.deps.certs.mailboxes(), principal, this.deps.options.envelopeSenders);
   }
 
   /** A message refused before process() could run (too big): counted and logged like the others. */
@@ -110,8 +122,8 @@ export class Pipeline {
     return this.finish(tx, this.deps.log.child({ tx: tx.id }), this.fieldsOf(tx), reply, new StageTimer(this.metrics), performance.now());
   }
 
-  async process(tx: Transaction): Promise<TransactionReply> {
-    const { certs, upstream, options } = this.deps;
+  async process(tx: Transaction, forward: Forward = (envelope, message) => this.deps.upstream.deliver(envelope, message)): Promise<TransactionReply> {
+    const { certs, options } = this.deps;
     const log = this.deps.log.child({ tx: tx.id });
     const started = performance.now();
     const arrival = new Date();
@@ -138,7 +150,7 @@ export class Pipeline {
       if (signer && options.selfVerify !== 'off') await timer.time('self_verify', () => this.selfVerify(outgoing, signer, log));
 
       // forward
-      const delivery = await timer.time('upstream', () => upstream.deliver(tx.envelope, outgoing));
+      const delivery = await timer.time('upstream', () => forward(tx.envelope, outgoing));
       fields.upstream = delivery.response;
       const reply = this.finish(tx, log, fields, replies.accepted(`queued as ${delivery.queueId}`), timer, started, accepted);
       // Some recipients refused, others served: still 250, or the client would resend to the

@@ -149,6 +149,26 @@ export const replies = {
     text: `User ${user} may not send as ${field} <${address}>; it may send as: ${list(mailboxes)}`,
     outcome: 'rejected_sender',
   }),
+  // The milter (src/milter/): the MTA authenticated the client and names it in macros; these
+  // refuse mail from a covered mailbox that this client may not have signed.
+  relayedAuthRequired: (): SmtpReply => ({
+    code: 550,
+    status: '5.7.1',
+    text: 'Authentication required: mail from a covered mailbox is signed only for senders who logged in (SASL) as a user of SMIME_RELAY_USERS',
+    outcome: 'rejected_sender',
+  }),
+  relayedLoginUnknown: (login: string): SmtpReply => ({
+    code: 550,
+    status: '5.7.1',
+    text: `SASL login ${login} is not a user of SMIME_RELAY_USERS; mail from a covered mailbox is signed only for those users`,
+    outcome: 'rejected_sender',
+  }),
+  relayedClientNotAllowed: (address: string): SmtpReply => ({
+    code: 550,
+    status: '5.7.1',
+    text: `Client address ${address} is neither loopback nor in SMIME_RELAY_ALLOW; mail from a covered mailbox is signed only for those clients, or after SASL login`,
+    outcome: 'rejected_sender',
+  }),
   certificateUnavailable: (mailbox: string, reason: string): SmtpReply => ({
     code: 451,
     status: '4.7.1',

@@ -56,6 +56,13 @@ describe('smime-relay CLI', () => {
     expect(r.stdout).toMatch(/SMIME_RELAY_UPSTREAM=smtp:\/\/u:\*\*\*\*@mx\.example\.com:587.*# env/);
     expect(r.stdout).not.toContain('hunter2');
   });
+
+  it('config --print writes the milter settings back as the user wrote them', () => {
+    const r = run(['config', '--print', '--listen', 'off', '--milter', 'unix:/var/spool/postfix/smime-relay/milter.sock']);
+    expect(r.stdout).toContain('SMIME_RELAY_LISTEN=off  # flag: --listen');
+    expect(r.stdout).toContain('SMIME_RELAY_MILTER=unix:/var/spool/postfix/smime-relay/milter.sock  # flag: --milter');
+    expect(run(['config', '--print', '--milter', '[::1]:8891']).stdout).toContain('SMIME_RELAY_MILTER=[::1]:8891  # flag: --milter');
+  });
 });
 
 describe('the embedded default: `npm start` with nothing configured', () => {

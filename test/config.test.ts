@@ -34,7 +34,7 @@ describe('configuration sources and precedence', () => {
       configFile: file,
       configDir: cfgDir,
     });
-    expect(config.listen.port).toBe(5000);
+    expect(config.listen).toEqual({ host: '127.0.0.1', port: 5000 });
     expect(config.maxSize).toBe(3000);
     expect(config.logLevel).toBe('warn');
     expect(config.cert).toBe('/from/file.pem');

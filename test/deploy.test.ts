@@ -657,6 +657,14 @@ describe('Postfix snippets', () => {
     expect(mainParams(beforeCf).size).toBe(0);
   });
 
+  it('milter: exactly the three main.cf lines of the README, with the relay on 127.0.0.1:8891', () => {
+    expect(Object.fromEntries(mainParams(read('postfix', 'milter.cf')))).toEqual({
+      smtpd_milters: 'inet:127.0.0.1:8891',
+      non_smtpd_milters: '$smtpd_milters',
+      milter_default_action: 'tempfail',
+    });
+  });
+
   const postconf = which('postconf');
   if (!postconf) console.warn('SKIPPED: postconf is not installed, so the Postfix snippets are not checked by Postfix');
   const baseMaster = ['/usr/share/postfix/master.cf.dist', '/etc/postfix/master.cf'].find((p) => existsSync(p));

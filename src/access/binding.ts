@@ -1,5 +1,6 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
+import type { MilterAddress } from '../config/settings.js';
 import { isLoopback } from './network.js';
 
 export class UnsafeBindingError extends Error {
@@ -7,19 +8,20 @@ export class UnsafeBindingError extends Error {
 }
 
 export interface ExposureSettings {
-  listen: { host: string; port: number };
+  listen: { host: string; port: number } | 'off';
+  milter?: MilterAddress;
   allowConfigured: boolean;
   usersConfigured: boolean;
   tlsConfigured: boolean;
 }
 
 /** Every address the listener could end up on; a name counts as loopback only if all its addresses are. */
-async function addressesOf(host: string): Promise<string[]> {
+async function addressesOf(host: string, setting = 'SMIME_RELAY_LISTEN'): Promise<string[]> {
   if (host === '' || isIP(host)) return [host];
   try {
     return (await lookup(host, { all: true })).map((a) => a.address);
   } catch (e) {
-    throw new UnsafeBindingError(`SMIME_RELAY_LISTEN: cannot resolve '${host}' (${(e as Error).message})`);
+    throw new UnsafeBindingError(`${setting}: cannot resolve '${host}' (${(e as Error).message})`);
   }
 }
 
@@ -35,6 +37,8 @@ const describe = (host: string, addresses: string[]) => {
  * Checked at start, the way OpenSMTPD refuses an unsafe configuration before it serves anyone.
  */
 export async function checkExposure(s: ExposureSettings): Promise<void> {
+  if (s.milter?.kind === 'inet') await checkMilterExposure(s.milter, s.allowConfigured);
+  if (s.listen === 'off') return;
   const { host, port } = s.listen;
   const addresses = await addressesOf(host);
   if (addresses.every((a) => isLoopback(a))) return;
@@ -55,4 +59,21 @@ export async function checkExposure(s: ExposureSettings): Promise<void> {
         `Set SMIME_RELAY_TLS_CERT and SMIME_RELAY_TLS_KEY.`,
     );
   }
+}
+
+/**
+ * The milter believes the SASL login and client address its MTA names, so whoever reaches the
+ * port can claim any login: off loopback only the MTA's own address may connect, which needs
+ * SMIME_RELAY_ALLOW (a users file cannot help, an MTA does not authenticate).
+ */
+async function checkMilterExposure(milter: { host: string; port: number }, allowConfigured: boolean): Promise<void> {
+  const addresses = await addressesOf(milter.host, 'SMIME_RELAY_MILTER');
+  if (addresses.every((a) => isLoopback(a)) || allowConfigured) return;
+  const host = milter.host.includes(':') ? `[${milter.host}]` : milter.host;
+  throw new UnsafeBindingError(
+    `SMIME_RELAY_MILTER=${host}:${milter.port} (${describe(milter.host, addresses)}) is not a loopback address, and SMIME_RELAY_ALLOW is not set: ` +
+      `anyone who can reach the port could speak the milter protocol, claim any SASL login and have mail signed with your certificates. ` +
+      `Set SMIME_RELAY_ALLOW to the address of your MTA (e.g. SMIME_RELAY_ALLOW=192.0.2.25/32), ` +
+      `or use a loopback address (SMIME_RELAY_MILTER=127.0.0.1:${milter.port}) or a unix socket (SMIME_RELAY_MILTER=unix:/var/spool/postfix/smime-relay/milter.sock).`,
+  );
 }

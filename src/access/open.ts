@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { ConfigError } from '../config/load.js';
+import type { MilterAddress } from '../config/settings.js';
 import { checkExposure, UnsafeBindingError } from './binding.js';
 import { ListenerTlsError, loadListenerTls, type TlsMode } from './listener-tls.js';
 import { AllowList, parseCidr } from './network.js';
@@ -7,7 +8,8 @@ import { AccessPolicy } from './policy.js';
 import { Users, UsersFileError } from './users.js';
 
 export interface AccessSettings {
-  listen: { host: string; port: number };
+  listen: { host: string; port: number } | 'off';
+  milter?: MilterAddress;
   /** Normalized CIDRs, as settings.ts parses SMIME_RELAY_ALLOW. */
   allow?: readonly string[];
   users?: string;
@@ -34,6 +36,7 @@ export async function openAccess(s: AccessSettings, log: Logger): Promise<Access
     if (s.users) users = new Users(s.users);
     await checkExposure({
       listen: s.listen,
+      milter: s.milter,
       allowConfigured: !!s.allow?.length,
       usersConfigured: !!users,
       tlsConfigured: !!tls,

@@ -221,6 +221,32 @@ export class AccessPolicy {
   }
 
   /**
+   * The milter's gate (src/milter/), for mail from a covered mailbox. The MTA authenticated the
+   * client and names it: `login` is its SASL login ({auth_authen}), `address` its IP address
+   * ({client_addr}; none for mail submitted locally with sendmail). The same gates as at SMTP:
+   * with SMIME_RELAY_USERS the login must be a user (its mailbox list then limits From); with
+   * SMIME_RELAY_ALLOW, or without users, the client address must be loopback, in the allow-list,
+   * or absent. Gates add up.
+   */
+  admitRelayedClient(client: { login?: string; address?: string }): Principal | undefined {
+    const { users, allow } = this.opts;
+    let principal: Principal | undefined;
+    if (users) {
+      if (!client.login) throw new RelayError(replies.relayedAuthRequired());
+      principal = users.principal(client.login);
+      if (!principal) throw new RelayError(replies.relayedLoginUnknown(client.login.slice(0, MAX_LOGGED_NAME)));
+    }
+    // Sendmail writes IPv6 client addresses as "IPv6:2001:db8::1"; Postfix writes them bare.
+    const address = client.address ? plainAddress(client.address.replace(/^ipv6:/i, '')) : '';
+    // Users alone admit a login from anywhere, as AUTH does at SMTP; otherwise the address decides.
+    const addressGate = !users || allow !== undefined;
+    if (addressGate && address && !isLoopback(address) && !(allow?.allows(address) ?? false)) {
+      throw new RelayError(replies.relayedClientNotAllowed(address.slice(0, 64)));
+    }
+    return principal;
+  }
+
+  /**
    * SIGHUP: re-read the users file and the listener certificate. A broken file is logged and
    * the previous one stays in service, as with the signing certificates.
    */

@@ -36,6 +36,41 @@ const hostPort = z.string().transform((s, ctx) => {
   return { host: m[1] ?? m[2]!, port };
 });
 
+/** SMIME_RELAY_LISTEN: host:port, or off (the milter runs alone). */
+const listenAddress = z.string().transform((s, ctx) => {
+  if (s.trim().toLowerCase() === 'off') return 'off' as const;
+  const parsed = hostPort.safeParse(s);
+  if (!parsed.success) {
+    ctx.addIssue({ code: 'custom', message: `expected host:port (for example 127.0.0.1:2525) or off, got '${s}'` });
+    return z.NEVER;
+  }
+  return parsed.data;
+});
+
+/** SMIME_RELAY_MILTER: host:port, or unix:/absolute/path. */
+const milterAddress = z.string().transform((s, ctx) => {
+  const v = s.trim();
+  if (v.startsWith('unix:')) {
+    const path = v.slice('unix:'.length);
+    if (!path.startsWith('/')) {
+      ctx.addIssue({ code: 'custom', message: `unix: needs an absolute path, e.g. unix:/var/spool/postfix/smime-relay/milter.sock, got '${v}'` });
+      return z.NEVER;
+    }
+    return { kind: 'unix' as const, path };
+  }
+  if (v.startsWith('inet:')) {
+    ctx.addIssue({ code: 'custom', message: `write '${v.slice('inet:'.length)}' without 'inet:' (that prefix belongs in Postfix's smtpd_milters)` });
+    return z.NEVER;
+  }
+  const parsed = hostPort.safeParse(v);
+  if (!parsed.success) {
+    ctx.addIssue({ code: 'custom', message: `expected host:port (for example 127.0.0.1:8891) or unix:/path, got '${s}'` });
+    return z.NEVER;
+  }
+  return { kind: 'inet' as const, ...parsed.data };
+});
+export type MilterAddress = z.output<typeof milterAddress>;
+
 const bytes = z.string().transform((s, ctx) => {
   const m = /^\s*(\d+)\s*([kmg]i?b?)?\s*$/i.exec(s);
   if (!m) {
@@ -218,8 +253,17 @@ export const settings = {
     env: 'SMIME_RELAY_LISTEN',
     flag: '--listen',
     default: '127.0.0.1:2525',
-    doc: 'Address the SMTP listener binds, host:port. Anything but loopback needs SMIME_RELAY_ALLOW or SMIME_RELAY_USERS, or the relay refuses to start.',
-    parse: hostPort,
+    doc: 'Address the SMTP listener binds, host:port. Anything but loopback needs SMIME_RELAY_ALLOW or SMIME_RELAY_USERS, or the relay refuses to start. off: no SMTP listener, the milter (SMIME_RELAY_MILTER) runs alone.',
+    parse: listenAddress,
+  },
+  milter: {
+    key: 'milter',
+    env: 'SMIME_RELAY_MILTER',
+    flag: '--milter',
+    default: undefined,
+    defaultText: 'off',
+    doc: 'Also listen for MTAs speaking the Sendmail milter protocol (version 6; Postfix smtpd_milters / non_smtpd_milters): host:port, or unix:/path (a socket created mode 0660). Mail whose From names a covered mailbox is signed in place; other mail passes unchanged. Anything but loopback or a unix socket needs SMIME_RELAY_ALLOW (the MTA\'s address), or the relay refuses to start.',
+    parse: milterAddress,
   },
   allow: {
     key: 'allow',

@@ -18,6 +18,8 @@ export interface DovecotInstance {
   readonly certPath: string;
   readonly user: string;
   readonly password: string;
+  /** The auth socket for Postfix's SASL (`smtpd_sasl_type = dovecot`), with the sasl option. */
+  readonly saslPath?: string;
   /** Dovecot's own log, for failure messages. */
   log(): string;
   /** The master PID while running. */
@@ -75,7 +77,8 @@ function childrenOf(pid: number): number[] {
   return out;
 }
 
-export async function startDovecot(opts: { maildir: string; user?: string; password?: string }): Promise<DovecotInstance> {
+/** sasl: also serve Postfix's SASL (smtpd_sasl_path) on a unix socket, for the same user. */
+export async function startDovecot(opts: { maildir: string; user?: string; password?: string; sasl?: boolean }): Promise<DovecotInstance> {
   const user = opts.user ?? 'testuser';
   const password = opts.password ?? 's3cret';
   const temp = await makeTempDir('smime-relay-dovecot-');
@@ -89,6 +92,7 @@ export async function startDovecot(opts: { maildir: string; user?: string; passw
   writeFileSync(join(dc, 'passwd'), `${user}:{PLAIN}${password}\n`);
   const [imapPort, imapsPort] = (await freePorts(2)) as [number, number];
   const logPath = join(dir, 'dovecot.log');
+  const saslPath = join(dir, 'sasl-auth');
   const conf = join(dc, 'dovecot.conf');
   writeFileSync(
     conf,
@@ -119,7 +123,17 @@ service imap-login {
     ssl = yes
   }
 }
-`,
+${
+  opts.sasl
+    ? `auth_mechanisms = plain login
+service auth {
+  unix_listener ${saslPath} {
+    mode = 0666
+  }
+}
+`
+    : ''
+}`,
   );
   const pidFile = join(dc, 'run', 'master.pid');
   const masterPid = () => {
@@ -155,6 +169,7 @@ service imap-login {
     certPath,
     user,
     password,
+    ...(opts.sasl ? { saslPath } : {}),
     log: () => (existsSync(logPath) ? readFileSync(logPath, 'utf8') : ''),
     masterPid,
     processes: () => {

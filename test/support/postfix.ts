@@ -1,8 +1,8 @@
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
-import { makeTempDir, run } from './pki.js';
+import { makeTempDir, run, type RunResult } from './pki.js';
 
 /**
  * A private Postfix instance for end-to-end tests: its own main.cf/master.cf, queue and data
@@ -155,6 +155,10 @@ export interface PostfixInstance {
   log(): string;
   /** The PIDs of every Postfix daemon running for this config dir. */
   processes(): number[];
+  /** Messages local(8) delivered into the Maildir (the maildir option), oldest first, as stored (LF line ends). */
+  delivered(): Buffer[];
+  /** `sendmail -C DIR ARGS`, the message on stdin: local submission through postdrop and pickup. */
+  sendmail(args: string[], message: Buffer): Promise<RunResult>;
   /** Stops the instance, kills whatever it left behind, and removes the temp dir. Idempotent. */
   stop(): Promise<void>;
 }
@@ -312,6 +316,15 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
     },
     log: () => (existsSync(maillog) ? readFileSync(maillog, 'utf8') : ''),
     processes: () => processesOf(configDir, daemonDir),
+    delivered() {
+      const fresh = opts.maildir && join(opts.maildir.dir, 'new');
+      if (!fresh || !existsSync(fresh)) return [];
+      return readdirSync(fresh)
+        .map((name) => ({ path: join(fresh, name), at: statSync(join(fresh, name)).mtimeMs }))
+        .sort((a, b) => a.at - b.at || a.path.localeCompare(b.path))
+        .map((f) => readFileSync(f.path));
+    },
+    sendmail: (args: string[], message: Buffer) => run(which('sendmail')!, ['-C', configDir, ...args], { input: message, timeoutMs: 30_000 }),
     async stop() {
       if (stopped) return;
       stopped = true;
