@@ -27,7 +27,10 @@ import { removeTestAddresses } from './support/lan-address.js';
 export default function setup(project: TestProject): () => Promise<void> {
   const root = fileURLToPath(new URL('..', import.meta.url));
   const underStryker = process.env.STRYKER_MUTATOR_WORKER !== undefined && existsSync(join(root, 'dist/cli.js'));
-  if (!underStryker) {
+  // Stryker's sandbox copy of the checkout is mode 0700; the tests that run the CLI as another
+  // user (check-cert as the container's and the pod's user) need it readable like the checkout.
+  if (underStryker) chmodSync(root, 0o755);
+  else {
     const build = spawnSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'src'], { cwd: root, encoding: 'utf8' });
     if (build.status !== 0) throw new Error(`tsc -p src failed before the tests:\n${build.stdout}${build.stderr}`);
   }
