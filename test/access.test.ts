@@ -2,16 +2,18 @@ import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import { networkInterfaces, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import nodemailer from 'nodemailer';
 import { SMTPServer } from 'smtp-server';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { AllowList, isLoopback, parseCidr } from '../src/access/network.js';
 import { hashPassword, parsePasswordHash, verifyPassword } from '../src/access/password.js';
 import { parseUsersFile } from '../src/access/users.js';
 import { ConfigError } from '../src/config/load.js';
+import { required } from './support/ci.js';
 import { RawClient } from './support/client.js';
+import { lanAddressForTests } from './support/lan-address.js';
 import { createTestPki, type Leaf, type TestPki } from './support/pki.js';
 import { startTestRelay, type TestRelay } from './support/relay.js';
 import { startSink, type Sink } from './support/sink.js';
@@ -76,9 +78,11 @@ async function expectRefusal(env: Record<string, string>): Promise<string> {
 
 const hasScript = spawnSync('script', ['--version']).status === 0;
 
-const lanAddress = Object.values(networkInterfaces())
-  .flat()
-  .find((i) => i && !i.internal && i.family === 'IPv4')?.address;
+// A non-loopback address of this machine: its LAN address, or one added to lo when running as
+// root; none is a failure under CI=true.
+const lan = lanAddressForTests();
+const lanAddress = lan?.address;
+afterAll(() => lan?.release());
 
 describe('binding: off loopback only with an allow-list or users', () => {
   it.each([['0.0.0.0:0'], ['[::]:0']])('refuses to start on %s without SMIME_RELAY_ALLOW or SMIME_RELAY_USERS, naming both fixes', async (listen) => {
@@ -95,9 +99,23 @@ describe('binding: off loopback only with an allow-list or users', () => {
   });
 
   it('starts on 0.0.0.0 with an allow-list, and on localhost (a name that resolves to loopback) without one', async () => {
-    const open = await startTestRelay({ ...baseEnv(), SMIME_RELAY_LISTEN: '0.0.0.0:0', SMIME_RELAY_ALLOW: '127.0.0.1/32' });
-    await open.close();
+    // Each relay ends with this test, also on failure or timeout (startTestRelay registers it).
+    const everywhere = await startTestRelay({ ...baseEnv(), SMIME_RELAY_LISTEN: '0.0.0.0:0', SMIME_RELAY_ALLOW: '127.0.0.1/32' });
+    expect(everywhere.address.host).toBe('0.0.0.0');
+    const listed = await open(everywhere.address.port, { localAddress: '127.0.0.1' });
+    expect((await listed.hello()).code).toBe(250);
+    listed.close();
+    // The allow-list is what made 0.0.0.0 acceptable, and it is in force.
+    const unlisted = await open(everywhere.address.port, { localAddress: '127.0.0.2' });
+    expect((await unlisted.read()).code).toBe(554);
+    unlisted.close();
+    await everywhere.close();
+
     const local = await startTestRelay({ ...baseEnv(), SMIME_RELAY_LISTEN: 'localhost:0' });
+    expect(isLoopback(local.address.host)).toBe(true);
+    const c = await open(local.address.port, { host: local.address.host });
+    expect((await c.hello()).code).toBe(250);
+    c.close();
     await local.close();
   });
 
@@ -111,6 +129,11 @@ describe('binding: off loopback only with an allow-list or users', () => {
       cwd: root,
       env: { PATH: process.env.PATH!, ...baseEnv() },
       stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    // Should the relay start after all, it listens on every interface: it ends with the test,
+    // also when the test times out waiting for the exit.
+    onTestFinished(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -380,7 +403,8 @@ describe('the users file and its hashes', () => {
     expect((await run([], '')).code).toBe(1);
   }, 60_000);
 
-  it.skipIf(!hasScript)('on a terminal it asks twice and never echoes the password (a real pty via script(1))', async () => {
+  it('on a terminal it asks twice and never echoes the password (a real pty via script(1))', async (ctx) => {
+    required(ctx, hasScript, 'script(1) is not installed, so the terminal prompt is not tested (apt-get install -y bsdutils)');
     const child = spawn('script', ['-qec', `${process.execPath} --import tsx src/cli.ts hash-password --user tty`, '/dev/null'], { cwd: root, stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
     const waitFor = (text: string, from: number) =>

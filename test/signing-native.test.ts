@@ -346,22 +346,4 @@ describe('native engine, other content and concurrency', () => {
     expect(encodeTime(new Date(Date.UTC(2049, 11, 31, 23, 59, 59))).toString('latin1')).toBe('\x17\x0d491231235959Z');
     expect(encodeTime(new Date(Date.UTC(2050, 0, 1, 0, 0, 0))).toString('latin1')).toBe('\x18\x0f20500101000000Z');
   });
-
-  it('reports a rough per-signature time for native and openssl (printed, not asserted)', async () => {
-    // Fewer openssl runs: each is a process start, and the figure settles quickly.
-    const time = async (engine: NativeEngine | OpensslEngine, kind: 'rsa' | 'ec', n: number, concurrent: boolean) => {
-      await engine.sign(CONTENT, bundles[kind]); // warm the per-bundle cache
-      const t0 = performance.now();
-      if (concurrent) await Promise.all(Array.from({ length: n }, () => engine.sign(CONTENT, bundles[kind])));
-      else for (let i = 0; i < n; i++) await engine.sign(CONTENT, bundles[kind]);
-      return `${((performance.now() - t0) / n).toFixed(3)} ms`;
-    };
-    for (const kind of ['rsa', 'ec'] as const) {
-      console.log(
-        `[signing ${kind}] native x200: ${await time(native, kind, 200, false)} sequential, ` +
-          `${await time(native, kind, 200, true)} each concurrent; openssl x50: ${await time(openssl, kind, 50, false)} sequential, ` +
-          `${await time(openssl, kind, 50, true)} each concurrent`,
-      );
-    }
-  }, 120_000);
 });

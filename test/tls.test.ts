@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import { chmod, copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
-import { networkInterfaces, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import nodemailer from 'nodemailer';
@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashPassword } from '../src/access/password.js';
 import { ConfigError } from '../src/config/load.js';
 import { RawClient } from './support/client.js';
+import { lanAddressForTests } from './support/lan-address.js';
 import { createTestPki, openssl, type Leaf, type TestPki } from './support/pki.js';
 import { startTestRelay, type TestRelay } from './support/relay.js';
 import { startSink, type Sink } from './support/sink.js';
@@ -19,9 +20,11 @@ const SENDER = 'billing@example.test';
 const SERVER_NAME = 'relay.test';
 const PASSWORD = 'tls-only-Pa55';
 
-const lanAddress = Object.values(networkInterfaces())
-  .flat()
-  .find((i) => i && !i.internal && i.family === 'IPv4')?.address;
+// A non-loopback address of this machine: its LAN address, or one added to lo when running as
+// root; none is a failure under CI=true.
+const lan = lanAddressForTests();
+const lanAddress = lan?.address;
+afterAll(() => lan?.release());
 
 /** The newest log line matching `pick`. */
 const lastLog = (relay: TestRelay, pick: (l: Record<string, unknown>) => boolean) => relay.logs.findLast(pick);

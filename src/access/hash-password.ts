@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import { DEFAULT_SCRYPT, hashPassword } from './password.js';
+import { askNewPassword } from './terminal-prompt.js';
 import { isValidUserName } from './users.js';
 
 export const HASH_PASSWORD_HELP = `Usage: smime-relay hash-password [--user NAME [--mailboxes LIST]]
@@ -19,98 +20,55 @@ Options:
 Hash format: scrypt$N$r$p$salt$hash (base64), N=${DEFAULT_SCRYPT.N} r=${DEFAULT_SCRYPT.r} p=${DEFAULT_SCRYPT.p}.
 `;
 
-/**
- * Reads one line per prompt from a terminal with echo off, so the password never shows on screen
- * or in scrollback. One reader for all prompts: typed-ahead input arrives in one chunk.
- * Resolves undefined on Ctrl-C or Ctrl-D.
- */
-function readHidden(prompts: string[]): Promise<string[] | undefined> {
-  const stdin = process.stdin;
-  const answers: string[] = [];
-  let current = '';
-  let previous = '';
-  return new Promise((resolve) => {
-    const finish = (result: string[] | undefined) => {
-      stdin.off('data', onData);
-      stdin.setRawMode(false);
-      stdin.pause();
-      resolve(result);
-    };
-    const onData = (chunk: Buffer) => {
-      for (const ch of chunk.toString('utf8')) {
-        const afterCr = previous === '\r';
-        previous = ch;
-        if (ch === '\n' && afterCr) continue;
-        if (ch === '\r' || ch === '\n') {
-          answers.push(current);
-          current = '';
-          process.stderr.write('\n');
-          if (answers.length === prompts.length) return finish(answers);
-          process.stderr.write(prompts[answers.length]!);
-        } else if (ch === '\u0003' || ch === '\u0004') {
-          process.stderr.write('\n');
-          return finish(undefined);
-        } else if (ch === '\u007f' || ch === '\b') {
-          current = current.slice(0, -1);
-        } else {
-          current += ch;
-        }
-      }
-    };
-    // Echo off before the prompt appears: a password typed or pasted the moment the prompt
-    // shows must never be echoed by the terminal.
-    stdin.setRawMode(true);
-    process.stderr.write(prompts[0]!);
-    stdin.resume();
-    stdin.on('data', onData);
-  });
+/** Where the command reads and writes: the process's own streams, or (in tests) others. */
+export interface CommandStreams {
+  stdin: AsyncIterable<Buffer | string> & { isTTY?: boolean };
+  stdout: { write(text: string): unknown };
+  stderr: { write(text: string): unknown };
 }
 
-async function readPiped(): Promise<string> {
+async function readPiped(stdin: CommandStreams['stdin']): Promise<string> {
   const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  for await (const chunk of stdin) chunks.push(Buffer.from(chunk));
   return Buffer.concat(chunks).toString('utf8').split(/\r?\n/)[0] ?? '';
 }
 
-export async function hashPasswordCommand(argv: string[]): Promise<number> {
+export async function hashPasswordCommand(argv: string[], io: CommandStreams = process): Promise<number> {
   const { values } = parseArgs({
     args: argv,
     options: { user: { type: 'string' }, mailboxes: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     allowPositionals: false,
   });
   if (values.help) {
-    process.stdout.write(HASH_PASSWORD_HELP);
+    io.stdout.write(HASH_PASSWORD_HELP);
     return 0;
   }
   if (values.mailboxes && !values.user) {
-    process.stderr.write('smime-relay hash-password: --mailboxes needs --user\n');
+    io.stderr.write('smime-relay hash-password: --mailboxes needs --user\n');
     return 2;
   }
   if (values.user !== undefined && !isValidUserName(values.user)) {
-    process.stderr.write(`smime-relay hash-password: '${values.user}' is not a valid user name (no spaces or ':')\n`);
+    io.stderr.write(`smime-relay hash-password: '${values.user}' is not a valid user name (no spaces or ':')\n`);
     return 2;
   }
   let password: string;
-  if (process.stdin.isTTY) {
-    const answers = await readHidden(['Password: ', 'Repeat password: ']);
-    if (!answers) {
-      process.stderr.write('smime-relay hash-password: cancelled\n');
+  if (io.stdin.isTTY) {
+    // The process's own terminal, on which echo is switched off.
+    const asked = await askNewPassword();
+    if ('problem' in asked) {
+      io.stderr.write(`smime-relay hash-password: ${asked.problem}\n`);
       return 1;
     }
-    if (answers[0] !== answers[1]) {
-      process.stderr.write('smime-relay hash-password: the passwords differ\n');
-      return 1;
-    }
-    password = answers[0]!;
+    password = asked.password;
   } else {
-    password = await readPiped();
+    password = await readPiped(io.stdin);
   }
   if (!password) {
-    process.stderr.write('smime-relay hash-password: empty password\n');
+    io.stderr.write('smime-relay hash-password: empty password\n');
     return 1;
   }
   const hash = await hashPassword(password);
   const mailboxes = values.mailboxes?.split(',').map((m) => m.trim()).filter(Boolean).join(',');
-  process.stdout.write((values.user ? `${values.user}:${hash}${mailboxes ? `:${mailboxes}` : ''}` : hash) + '\n');
+  io.stdout.write((values.user ? `${values.user}:${hash}${mailboxes ? `:${mailboxes}` : ''}` : hash) + '\n');
   return 0;
 }

@@ -5,9 +5,10 @@ import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 
 /**
  * The only places where we reach into smtp-server, pinned to the version they were written
- * against (3.21.x). Each patch is small, covered by a test (test/greeting.test.ts for the
- * greeting, test/proxy-xforward.test.ts for peer trust), and switches itself off (with the
- * library behaviour left intact) on any other version.
+ * against (3.21.x). Each patch is small and switches itself off (with the library behaviour left
+ * intact) on any other version; test/smtp-server-patches.test.ts proves both, on the installed
+ * version and on a copy of it that says it is another. The relay's use of them is tested in
+ * test/greeting.test.ts (greeting) and test/proxy-xforward.test.ts (peer trust).
  */
 const version: string = createRequire(import.meta.url)('smtp-server/package.json').version;
 export const patchesApply = /^3\.21\./.test(version);

@@ -1,4 +1,5 @@
 import { Writable } from 'node:stream';
+import { onTestFinished } from 'vitest';
 import { createLogger } from '../../src/log.js';
 import { startRelay, type RelayInternals, type RunningRelay } from '../../src/app.js';
 import { loadConfig } from '../../src/config/load.js';
@@ -26,7 +27,19 @@ export async function startTestRelay(env: Record<string, string>, internals: Rel
   });
   const log = createLogger(config.logLevel, sink);
   const relay = await startRelay(config, log, internals);
-  return Object.assign(relay, { logs });
+  // close() may be called again by the test's own cleanup: the second call waits for the first.
+  const closing = { promise: undefined as Promise<void> | undefined };
+  const close = relay.close.bind(relay);
+  const testRelay = Object.assign(relay, { logs, close: () => (closing.promise ??= close()) });
+  // A relay started inside a test that fails or times out ends with it, so it cannot keep
+  // listening while the test's own cleanup never runs. (A passing test may hand its relay to the
+  // next one; a relay started in a hook is the hook's to close: onTestFinished exists only in a test.)
+  try {
+    onTestFinished(({ task }) => (task.result?.state === 'fail' ? testRelay.close() : undefined));
+  } catch {
+    // started in beforeAll/beforeEach
+  }
+  return testRelay;
 }
 
 /** The transaction id at the end of a reply (`... (tx k3Jx0aZq)`), if it has one. */

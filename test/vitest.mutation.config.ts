@@ -1,0 +1,15 @@
+import { defineConfig, mergeConfig } from 'vitest/config';
+import base from './vitest.config.js';
+import { FastFirstSequencer } from './mutation/fast-first-sequencer.js';
+
+/** The test configuration under Stryker (`npm run mutate`, stryker.config.mjs). */
+export default mergeConfig(
+  base,
+  defineConfig({
+    test: {
+      // Charges coverage seen while a file loads or runs its hooks to that file's tests.
+      setupFiles: ['test/mutation/coverage-per-file.ts'],
+      sequence: { sequencer: FastFirstSequencer },
+    },
+  }),
+);
