@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashPassword } from '../src/access/password.js';
-import { parseEnvelopeSenders } from '../src/admit/envelope-senders.js';
+import { NO_ENVELOPE_SENDERS, parseEnvelopeSenders } from '../src/admit/envelope-senders.js';
 import { ConfigError, loadConfig } from '../src/config/load.js';
 import { RawClient, sendMessage } from './support/client.js';
 import { createTestPki, type Leaf, type TestPki } from './support/pki.js';
@@ -48,10 +48,15 @@ afterAll(async () => {
 });
 
 describe('the patterns', () => {
-  const p = parseEnvelopeSenders(PATTERNS);
-  if (typeof p === 'string') throw new Error(p);
+  // Parsed inside each test, not while the file loads: a parse that fails must fail a test.
+  const parsed = () => {
+    const p = parseEnvelopeSenders(PATTERNS);
+    if (typeof p === 'string') throw new Error(p);
+    return p;
+  };
 
   it('* matches within the local part or the domain, never across @; matching ignores case', () => {
+    const p = parsed();
     expect(p.matches(VERP)).toBe(true);
     expect(p.matches('Bounces+X@Example.TEST')).toBe(true);
     expect(p.matches('bounces@example.test')).toBe(false);
@@ -62,9 +67,46 @@ describe('the patterns', () => {
   });
 
   it('<> is the null sender, and only <> allows it', () => {
+    const p = parsed();
     expect(p.matches('')).toBe(true);
     const withoutNull = parseEnvelopeSenders('root@*');
     expect(typeof withoutNull !== 'string' && withoutNull.matches('')).toBe(false);
+  });
+
+  it('reads a comma-separated list, trimming each entry and skipping empty ones', () => {
+    const q = parseEnvelopeSenders(' root@* ,, <> ,');
+    if (typeof q === 'string') throw new Error(q);
+    expect(q.patterns).toEqual(['root@*', '<>']);
+    expect(String(q)).toBe('root@*,<>');
+    expect(q.matches('root@host.example')).toBe(true);
+    expect(q.matches('')).toBe(true);
+    expect(q.matches('other@host.example')).toBe(false);
+  });
+
+  it('refuses a list without any pattern, and each entry that is not local@domain or <>', () => {
+    for (const empty of ['', ' ', ',', ' , ']) expect(parseEnvelopeSenders(empty)).toBe('expected patterns such as bounces+*@example.com,root@*,<>');
+    for (const bad of ['bounces', '@example.com', 'root@', 'a@b@c', '<root@example.com>', 'x<@example.com', 'root@exa mple.com', 'ro ot@example.com', '<>x', 'x<>', '<root@example.com', 'root@example.com>']) {
+      expect(parseEnvelopeSenders(bad), bad).toBe(
+        `'${bad}' is not an address pattern: write local@domain with * as a wildcard (bounces+*@example.com, root@*), or <> for the null sender`,
+      );
+    }
+    for (const good of ['a@b', 'root@*', 'bounces+*@example.com', '*@*']) expect(typeof parseEnvelopeSenders(good), good).toBe('object');
+  });
+
+  it('takes the characters of a pattern literally, except *', () => {
+    const q = parseEnvelopeSenders('a.b+c@ex.ample');
+    if (typeof q === 'string') throw new Error(q);
+    expect(q.matches('a.b+c@ex.ample')).toBe(true);
+    expect(q.matches('aXb+c@ex.ample')).toBe(false);
+    expect(q.matches('a.bbc@ex.ample')).toBe(false);
+    expect(q.matches('a.b+c@exXample')).toBe(false);
+  });
+
+  it('without the setting, no envelope sender is allowed besides the mailboxes', () => {
+    expect(NO_ENVELOPE_SENDERS.patterns).toEqual([]);
+    expect(NO_ENVELOPE_SENDERS.matches('')).toBe(false);
+    expect(NO_ENVELOPE_SENDERS.matches('root@host.example')).toBe(false);
+    expect(String(NO_ENVELOPE_SENDERS)).toBe('');
   });
 
   it('config --print shows the patterns as written', () => {

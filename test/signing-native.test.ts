@@ -7,7 +7,8 @@ import * as asn1js from 'asn1js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { assembleBundle, type CertificateBundle } from '../src/certs/bundle.js';
 import { loadPath } from '../src/certs/load.js';
-import { NativeEngine, encodeTime } from '../src/signing/native.js';
+import { NativeEngine, encodeTime, tlv } from '../src/signing/native.js';
+import { readSignedData } from '../src/verify/signed-data.js';
 import { OpensslEngine } from '../src/signing/openssl.js';
 
 // A self-contained PKI (root → intermediate → leaves) made with the openssl CLI, so that nothing
@@ -345,5 +346,39 @@ describe('native engine, other content and concurrency', () => {
   it('writes UTCTime until 2049 and GeneralizedTime from 2050 (RFC 5652 §11.3)', () => {
     expect(encodeTime(new Date(Date.UTC(2049, 11, 31, 23, 59, 59))).toString('latin1')).toBe('\x17\x0d491231235959Z');
     expect(encodeTime(new Date(Date.UTC(2050, 0, 1, 0, 0, 0))).toString('latin1')).toBe('\x18\x0f20500101000000Z');
+    expect(encodeTime(new Date(Date.UTC(1950, 0, 1, 0, 0, 0))).toString('latin1')).toBe('\x17\x0d500101000000Z');
+    expect(encodeTime(new Date(Date.UTC(1949, 11, 31, 23, 59, 59))).toString('latin1')).toBe('\x18\x0f19491231235959Z');
+    const early = new Date(Date.UTC(2000, 0, 2, 3, 4, 5));
+    early.setUTCFullYear(999);
+    expect(encodeTime(early).toString('latin1')).toBe('\x18\x0f09990102030405Z');
+  });
+
+  it('writes each DER length in its shortest form (X.690 §8.1.3), 0x80 and up in the long form', () => {
+    const header = (n: number) => tlv(0x04, Buffer.alloc(n)).subarray(0, 6).toString('hex');
+    expect(header(0x7f).slice(0, 4)).toBe('047f');
+    expect(header(0x80).slice(0, 6)).toBe('048180');
+    expect(header(0xff).slice(0, 6)).toBe('0481ff');
+    expect(header(0x100).slice(0, 8)).toBe('04820100');
+    expect(header(0xffff).slice(0, 8)).toBe('0482ffff');
+    expect(header(0x10000).slice(0, 10)).toBe('0483010000');
+    expect(header(0xffffff).slice(0, 10)).toBe('0483ffffff');
+    expect(header(0x1000000)).toBe('048401000000');
+    // The parts are concatenated after the header, whole.
+    expect(tlv(0x30, Buffer.from([1, 2]), Buffer.from([3])).toString('hex')).toBe('3003010203');
+  });
+
+  it('embeds each certificate once, in DER SET OF order, when the PEM file repeats them', async () => {
+    const path = join(dir, 'repeated.bundle.pem');
+    writeFileSync(path, ['rsa.key', 'rsa.crt', 'int.crt', 'int.crt', 'rsa.crt'].map((f) => readFileSync(join(dir, f), 'latin1')).join(''));
+    const bundle = loadPath(path).entries[0]!.bundle!;
+    const certificates = readSignedData(await native.sign(CONTENT, bundle)).certificates.map((c) => Buffer.from(c));
+    expect(certificates).toHaveLength(2);
+    expect([...certificates].sort(Buffer.compare)).toEqual(certificates);
+    // The engine collects the leaf first; this RSA leaf's DER is longer than the intermediate's,
+    // so DER order differs from that, and an unsorted set would show here.
+    expect(new X509Certificate(certificates[0]!).subject).toContain('Intermediate');
+    expect(certificates.map((c) => new X509Certificate(c).fingerprint256).sort()).toEqual(
+      [bundles.rsa.leaf.fingerprint256, new X509Certificate(readFileSync(intCrt)).fingerprint256].sort(),
+    );
   });
 });

@@ -30,12 +30,17 @@ export function readHeaderBlock(buf: Buffer, start: number, end: number, maxByte
   let pos = start;
   while (pos < end) {
     let lf = buf.indexOf(LF, pos);
-    if (lf === -1 || lf >= end) lf = end;
+    if (lf === -1) lf = end;
+    // Stryker disable next-line EqualityOperator: equivalent, at lf === end both keep lf at end
+    else if (lf >= end) lf = end;
     if (lf - start > maxBytes) {
       throw new MimeError(`header block exceeds the limit of ${maxBytes} bytes`);
     }
     let lineEnd = lf;
     if (lf < end && lineEnd > pos && buf[lineEnd - 1] === CR) lineEnd--;
+    // lf === end means no LF inside the range: the line is not empty (pos < end), so next only ends
+    // the loop, which returns end either way.
+    // Stryker disable next-line EqualityOperator: equivalent, see above
     const next = lf < end ? lf + 1 : end;
     if (lineEnd === pos) return { fields, bodyStart: next };
     const line = buf.subarray(pos, lineEnd);

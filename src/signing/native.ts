@@ -184,8 +184,8 @@ function identityAttributes(leafDer: Buffer, issuer: Buffer, serial: Buffer): Bu
   ];
 }
 
-/** DER tag-length-value; every tag used here is a single octet. */
-function tlv(tag: number, ...parts: Buffer[]): Buffer {
+/** DER tag-length-value; every tag used here is a single octet. Exported for its test. */
+export function tlv(tag: number, ...parts: Buffer[]): Buffer {
   let len = 0;
   for (const p of parts) len += p.length;
   let header: Buffer;

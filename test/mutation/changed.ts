@@ -1,5 +1,5 @@
 /**
- * `npm run mutate:changed` (CI, .ci/run): Stryker on the trust-path files whose source differs from
+ * `npm run mutate:changed`: Stryker on the trust-path files whose source differs from
  * the run recorded in test/mutation/stryker-incremental.json, in incremental mode; nothing when
  * none differs. A clean CI clone has no report of its own, so the committed record is what
  * "changed" is measured against: `npm run mutate` locally, then commit the record with the change.
