@@ -92,7 +92,11 @@ describe('certificates their CA signed with RSA-PSS', () => {
 
 /** Runs check-cert as another user, the way the container image and the Kubernetes pod run the relay. */
 function checkCertAs(uid: number, gid: number, path: string) {
-  return spawnSync(process.execPath, [cli, 'check-cert', path], { uid, gid, encoding: 'utf8', env: { PATH: process.env.PATH! } });
+  const r = spawnSync(process.execPath, [cli, 'check-cert', path], { uid, gid, encoding: 'utf8', env: { PATH: process.env.PATH! } });
+  if (/EACCES[\s\S]*dist\/cli\.js|Cannot find module .*dist\/cli\.js/.test(r.stderr)) {
+    throw new Error(`uid ${uid} cannot reach ${cli}: a directory above the checkout lacks search permission for others (bash .ci/run adds it)\n${r.stderr}`);
+  }
+  return r;
 }
 
 const asRoot = process.getuid?.() === 0;
