@@ -29,10 +29,8 @@ export function readHeaderBlock(buf: Buffer, start: number, end: number, maxByte
   const fields: HeaderField[] = [];
   let pos = start;
   while (pos < end) {
-    let lf = buf.indexOf(LF, pos);
-    if (lf === -1) lf = end;
-    // Stryker disable next-line EqualityOperator: equivalent, at lf === end both keep lf at end
-    else if (lf >= end) lf = end;
+    const found = buf.indexOf(LF, pos);
+    const lf = found === -1 ? end : Math.min(found, end);
     if (lf - start > maxBytes) {
       throw new MimeError(`header block exceeds the limit of ${maxBytes} bytes`);
     }
