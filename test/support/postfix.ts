@@ -61,21 +61,55 @@ export function requirePostfix(env: NodeJS.ProcessEnv = process.env): boolean {
   return false;
 }
 
-/** `n` distinct loopback ports that were free a moment ago (all held at once, so they differ). */
-export async function freePorts(n: number): Promise<number[]> {
-  const servers: Server[] = [];
+/** The kernel's ephemeral range: where listen(0) and every outgoing connection take their port. */
+function ephemeralRange(): [number, number] {
   try {
-    for (let i = 0; i < n; i++) {
-      const s = createServer();
-      await new Promise<void>((resolve, reject) => {
-        s.once('error', reject);
-        s.listen(0, '127.0.0.1', () => resolve());
-      });
-      servers.push(s);
+    const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (low && high) return [low, high];
+  } catch {
+    // not Linux: the IANA range
+  }
+  return [49152, 65535];
+}
+
+const BLOCK = 256;
+let nextInBlock = Math.floor(Math.random() * BLOCK);
+
+async function bindable(port: number): Promise<Server | undefined> {
+  const s = createServer();
+  return new Promise((resolve) => {
+    s.once('error', () => resolve(undefined));
+    s.listen(port, '127.0.0.1', () => resolve(s));
+  });
+}
+
+/**
+ * `n` distinct loopback ports that are free now and that nothing else in the test run will take
+ * before a daemon (Postfix, Dovecot, openssl ocsp) binds them, which can be seconds later.
+ *
+ * A port from listen(0) is not that: it comes from the ephemeral range, and once the probe
+ * closes it, any outgoing connection of a test running beside this one may take it as its local
+ * port; master(8) then fails to bind and Postfix says only "mail system startup failed". So the
+ * ports come from below the ephemeral range, where the kernel never hands out a port by itself,
+ * and each vitest worker (VITEST_POOL_ID, unique among the workers running at once) walks its own
+ * block of them, so two test files never pick the same port. A port something else on the
+ * machine listens on is skipped.
+ */
+export async function freePorts(n: number): Promise<number[]> {
+  const [low] = ephemeralRange();
+  const first = 10_000;
+  const blocks = Math.max(1, Math.floor((low - first) / BLOCK));
+  const base = first + (Number(process.env.VITEST_POOL_ID ?? 0) % blocks) * BLOCK;
+  const held: Server[] = [];
+  try {
+    for (let tried = 0; held.length < n; tried++) {
+      if (tried >= BLOCK) throw new Error(`no ${n} free loopback ports in ${base}-${base + BLOCK - 1}`);
+      const s = await bindable(base + (nextInBlock++ % BLOCK));
+      if (s) held.push(s);
     }
-    return servers.map((s) => (s.address() as AddressInfo).port);
+    return held.map((s) => (s.address() as AddressInfo).port);
   } finally {
-    await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    await Promise.all(held.map((s) => new Promise<void>((r) => s.close(() => r()))));
   }
 }
 
@@ -348,7 +382,15 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
   settle();
   const started = await run(postfix, ['-c', configDir, 'start'], { timeoutMs: 60_000 });
   if (started.code !== 0) {
-    const why = `postfix -c ${configDir} start (exit ${started.code}): ${started.stderr.trim()}\n${instance.log()}`;
+    // master(8) cannot log why it failed before postlogd runs; a port taken meanwhile is the usual cause.
+    const taken: string[] = [];
+    for (const [, addr, port] of readFileSync(join(configDir, 'master.cf'), 'utf8').matchAll(/^([\d.]+):(\d+)\s+inet\s/gm)) {
+      const s = await bindable(Number(port));
+      if (s) await new Promise<void>((r) => s.close(() => r()));
+      else taken.push(`${addr}:${port}`);
+    }
+    const cause = taken.length ? `\nthe master.cf listener${taken.length > 1 ? 's' : ''} ${taken.join(', ')} cannot bind: the port is in use` : '';
+    const why = `postfix -c ${configDir} start (exit ${started.code}): ${started.stderr.trim()}\n${instance.log()}${cause}`;
     await instance.stop();
     throw new Error(why);
   }
