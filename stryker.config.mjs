@@ -55,6 +55,7 @@ export default {
     'test/metrics.test.ts',
     'test/mime-prepare.test.ts',
     'test/multipart-signed.test.ts',
+    'test/pipeline.test.ts',
     'test/proxy-xforward.test.ts',
     'test/read-data.test.ts',
     'test/refusals.test.ts',

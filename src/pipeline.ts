@@ -155,15 +155,15 @@ export class Pipeline {
       const reply = this.finish(tx, log, fields, replies.accepted(`queued as ${delivery.queueId}`), timer, started, accepted);
       // Some recipients refused, others served: still 250, or the client would resend to the
       // served ones; the refused ones are reported, never dropped silently.
-      if (!delivery.rejected.length) return reply;
       const refused = { id: tx.id, envelope: tx.envelope, raw: tx.raw, arrival };
       if (options.lmtp) return { ...reply, recipients: this.refused.perRecipient(refused, delivery, log, reply) };
       await this.refused.report(refused, delivery, log);
       return reply;
     } catch (e) {
       const refused = asRelayError(e);
-      // What the reply must not say (paths, the upstream's address) is in the log line.
-      if (refused.detail) fields.error = refused.detail;
+      // What the reply must not say (paths, the upstream's address) is in the log line (a field
+      // that is undefined is left out of it).
+      fields.error = refused.detail;
       return this.finish(tx, log, fields, refused.reply, timer, started);
     }
   }
@@ -224,14 +224,16 @@ export class Pipeline {
   /**
    * The one place a message's outcome is decided (from its reply), counted, and logged as the
    * transaction's single log line. The tx id goes into the reply so an admin can grep for it.
+   * `accepted` names what a 2xx reply means; a refusal's reply carries its own outcome.
    */
   private finish(
     tx: { id: string }, log: Logger, fields: Record<string, unknown>, reply: SmtpReply, timer: StageTimer, started: number,
-    accepted: AcceptedOutcome = this.deps.options.signing === 'off' ? 'passed_unsigned' : 'signed',
+    accepted: AcceptedOutcome = 'signed',
   ): SmtpReply {
     const outcome = outcomeOf(reply, accepted);
     this.metrics.outcome(outcome);
     const line = { ...fields, outcome, reply: `${reply.code} ${reply.status} ${reply.text}`, durations: timer.ms, ms: ms(started) };
+    // Stryker disable next-line EqualityOperator: no SMTP reply has the code 400 itself, so < and <= cannot differ
     if (reply.code < 400) log.info(line, 'transaction');
     else log.warn(line, 'transaction');
     return withTransactionId(reply, tx.id);

@@ -25,8 +25,8 @@ import { toMailbox, type Mailbox } from '../src/mime/mailbox.js';
 import { Pipeline, type PipelineDeps } from '../src/pipeline.js';
 import { RelayError, replies } from '../src/replies.js';
 import { NativeEngine } from '../src/signing/native.js';
-import type { Upstream } from '../src/upstream/upstream.js';
 import { COVERED, hostileMessage, type HostileMessage } from './support/hostile-headers.js';
+import { KeepingUpstream } from './support/keeping-upstream.js';
 import { createTestPki, type TestPki } from './support/pki.js';
 import { PythonEmail, requirePython } from './support/python-email.js';
 import { allViews, disagreements } from './support/sender-views.js';
@@ -40,20 +40,6 @@ let certs: CertificateStore;
 let engine: NativeEngine;
 let python: PythonEmail;
 const log = pino({ level: 'silent' });
-
-/** An upstream that keeps the last message it was given and accepts it. */
-class KeepingUpstream implements Upstream {
-  readonly description = 'memory';
-  last: Buffer | undefined;
-  async deliver(envelope: { to: string[] }, message: Buffer) {
-    this.last = message;
-    return { queueId: 'MEM', response: '250 ok', accepted: envelope.to, rejected: [] };
-  }
-  async probe() {
-    return true;
-  }
-  async close() {}
-}
 
 beforeAll(async () => {
   pki = await createTestPki({ keyType: 'ec' });
