@@ -151,6 +151,16 @@ describe('what a message holds of SMIME_RELAY_MEMORY_BUDGET', () => {
     expect(sizes).toEqual([holds.whileSigning, holds.received + upstream.delivered[0]!.message.length]);
   });
 
+  it('counts the copy preparation decodes to re-encode (an 8-bit quoted-printable part)', async () => {
+    const raw = Buffer.concat([message(SENDER, 'Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable'), Buffer.from('caf\xe9 au lait =E9t=E9\r\n', 'latin1')]);
+    expect(prepareMessage(raw, { headerProtection: 'off' }).entity.held).toBeGreaterThan(0);
+    const { received, whileSigning } = expectedHolds(raw);
+    const { pipeline, upstream } = harness();
+    const { memory, sizes } = recordingReservation(raw.length);
+    expect((await pipeline.process(tx(raw, { memory }))).code).toBe(250);
+    expect(sizes).toEqual([whileSigning, received + upstream.delivered[0]!.message.length]);
+  });
+
   it('gives back the estimate of a signed copy when nothing is signed (SMIME_RELAY_SIGNING=off, already signed)', async () => {
     for (const [options, raw] of [
       [{ signing: 'off' }, message()],
@@ -303,6 +313,9 @@ describe('outcomes and log lines', () => {
       ]);
       expect(upstream.delivered[0]!.message.includes('DKIM-Signature:')).toBe(!strip);
     }
+    const two = harness();
+    expect((await two.pipeline.process(tx(message(SENDER, `${dkim}\r\n${dkim.replace('d=example.test', 'd=esp.example')}`)))).code).toBe(250);
+    expect(two.lines.find((l) => l.msg.includes('DKIM'))!.msg).toMatch(/^incoming DKIM-Signature \(d=example\.test, d=esp\.example\) will not verify/);
     const { pipeline, lines } = harness();
     expect((await pipeline.process(tx(message()))).code).toBe(250);
     expect(lines.filter((l) => l.msg.includes('DKIM'))).toEqual([]);
@@ -315,6 +328,17 @@ describe('stages', () => {
       const { pipeline, upstream } = harness({ headerProtection: hp });
       expect((await pipeline.process(tx(message()))).code).toBe(250);
       expect(upstream.delivered[0]!.message.toString('latin1').includes('hp="clear"')).toBe(hp === 'clear');
+    }
+  });
+
+  it('the envelope SMTPUTF8 flag decides whether a UTF-8 header is forwarded as it is or encoded first', async () => {
+    const raw = Buffer.from(`From: ${SENDER}\r\nTo: ${RCPT}\r\nSubject: caf\u00e9 \u2713\r\n\r\nbody\r\n`, 'utf8');
+    for (const smtputf8 of [true, false]) {
+      const { pipeline, upstream } = harness();
+      expect((await pipeline.process(tx(raw, { envelope: { from: SENDER, to: [RCPT], smtputf8 } }))).code).toBe(250);
+      const out = upstream.delivered[0]!.message;
+      expect(out.includes(Buffer.from('caf\u00e9 \u2713', 'utf8'))).toBe(smtputf8);
+      expect(out.every((b) => b < 0x80)).toBe(!smtputf8);
     }
   });
 
