@@ -252,6 +252,8 @@ describe('what a client shows beside the address', () => {
     ['the signed mailbox as an encoded-word', '=?utf-8?Q?notify=40example.com?= <'],
     ['UTF-8, latin1, latin2, windows-1252 and koi8-r names', '=?utf-8?Q?J=C3=BCrgen?= =?iso-8859-1?Q?J=FCrgen?= =?iso-8859-2?Q?Pawe=B3?= =?windows-1252?Q?Caf=E9?= =?koi8-r?B?6dfBzg==?= <'],
     ['an RFC 2231 language suffix', '=?utf-8*de?Q?J=C3=BCrgen?= <'],
+    ['a Q encoded-word whose underscore is a space after the mailbox', '=?utf-8?Q?notify=40example.com_desk?= <'],
+    ['a word between encoded-words, kept apart from them', '=?utf-8?Q?Support?= at =?utf-8?Q?=40?= desk <'],
     ['a lone @', 'Support @ Example <'],
     ['no text at all', ''],
   ])('accepts %s', (_name, text) => {
@@ -286,6 +288,10 @@ describe('what a client shows beside the address', () => {
     ['UTF-16', '=?utf-16?B?//5lAHYAaQBsAEAAeAA=?= <', /encoded-word in utf-16/],
     ['invalid UTF-8', '=?utf-8?Q?=C3?= <', /encoded-word in utf-8 that the relay cannot decode/],
     ['8-bit in us-ascii', '=?us-ascii?Q?=E9?= <', /encoded-word in us-ascii/],
+    ['8-bit among ASCII in us-ascii', '=?us-ascii?Q?caf=E9?= <', /encoded-word in us-ascii/],
+    ['the first 8-bit byte in us-ascii', '=?us-ascii?Q?=80?= <', /encoded-word in us-ascii/],
+    ['a malformed encoded-word after a long display name (the reply quotes from the word on)', 'A display name long enough to push the word out =?utf-8?b?ZXZp bEB4?= <', /^has a malformed encoded-word \(=\?utf-8\?b\?ZXZp bEB4\?= <\)$/],
+    ['an address longer than a reply should quote', `"${'a'.repeat(100)}@example.com" <`, /^shows the address a{80} in its display name/],
     ['a NUL that a client may drop', `=?utf-8?Q?${N.replace('@', '=40')}=00.evil.example?= <`, /^has a display name or comment that decodes to a control character$/],
     ['a decoded line break', '=?utf-8?Q?a=0Ab?= <', /control character/],
     ['a decoded C1 control', '=?iso-8859-1?Q?a=85b?= <', /control character/],
@@ -302,7 +308,7 @@ describe('what a client shows beside the address', () => {
       expect(shownTextProblem([`=?${cs}?Q?evil=40example.com?= <`], N), cs).toMatch(/shows the address evil@example\.com/);
       expect(shownTextProblem([`=?${cs}?Q?Name?= <`], N), cs).toBeUndefined();
     }
-    for (const cs of ['iso-8859-9', 'iso-8859-11', 'iso-8859-16', 'windows-1259', 'koi8', 'shift_jis', 'gb2312', 'big5', 'utf-16le', 'utf-32']) {
+    for (const cs of ['iso8859-15', 'x-latin1', 'latin1x', 'iso-8859-9', 'iso-8859-11', 'iso-8859-16', 'windows-1259', 'koi8', 'shift_jis', 'gb2312', 'big5', 'utf-16le', 'utf-32']) {
       expect(shownTextProblem([`=?${cs}?Q?Name?= <`], N), cs).toMatch(/that the relay cannot decode reliably/);
     }
   });

@@ -24,7 +24,7 @@ const ENCODED_WORD = /=\?([A-Za-z0-9!#$%&'+^_`{}~-]+)(?:\*[A-Za-z0-9-]*)?\?([BbQ
  * `a@x<U+FEFF>.evil.example` would pass as `a@x`. Unicode spaces are boundaries only in the NFKC
  * form (where they become U+0020); in the other form they keep the token whole, and strict.
  */
-const TOKEN_BOUNDARY = /[ \t()<>[\]",;:\\]+/;
+const TOKEN_BOUNDARY = /[ \t()<>[\]",;:\\]/;
 
 /** C0/C1 controls and line separators: a client may drop them and join what they separate. */
 const CONTROL = /[\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028\u2029]/;
@@ -68,7 +68,6 @@ function decodeWords(text: string): { joined: string; spaced: string } | string 
   let joined = '';
   let spaced = '';
   let at = 0;
-  let previousEnd = -1;
   for (let start = text.indexOf('=?'); start !== -1; start = text.indexOf('=?', at)) {
     ENCODED_WORD.lastIndex = start;
     const m = ENCODED_WORD.exec(text);
@@ -80,8 +79,10 @@ function decodeWords(text: string): { joined: string; spaced: string } | string 
     if (word === undefined) return `has an encoded-word in ${printable(m[1]!)} that the relay cannot decode reliably (use UTF-8)`;
     const between = text.slice(at, start);
     spaced += between + word;
-    joined += (previousEnd === at && /^[ \t]*$/.test(between) ? '' : between) + word;
-    at = previousEnd = start + m[0].length;
+    // Only whitespace between two encoded-words goes (before the first one it is at the start,
+    // where it separates nothing).
+    joined += (/^[ \t]*$/.test(between) ? '' : between) + word;
+    at = start + m[0].length;
   }
   return { joined: joined + text.slice(at), spaced: spaced + text.slice(at) };
 }
@@ -110,8 +111,16 @@ const SINGLE_BYTE = new Set([
  * Decodes in charsets that are ASCII-compatible, so "@" is byte 0x40 in every reader; undefined
  * for any other charset, and for bytes that are not valid in the named one.
  */
+const ALIASES = new Map([
+  ['latin1', 'iso-8859-1'],
+  ['latin-1', 'iso-8859-1'],
+  ['iso8859-1', 'iso-8859-1'],
+  ['utf8', 'utf-8'],
+  ['ascii', 'us-ascii'],
+]);
+
 function decodeCharset(charset: string, bytes: Buffer): string | undefined {
-  const name = charset.replace(/^latin-?1$|^iso8859-1$/, 'iso-8859-1').replace(/^utf8$/, 'utf-8').replace(/^ascii$/, 'us-ascii');
+  const name = ALIASES.get(charset) ?? charset;
   // RFC 2046 names; "iso-8859-1" is latin1 proper here (WHATWG's label would give windows-1252)
   if (name === 'us-ascii') return bytes.every((b) => b < 0x80) ? bytes.toString('latin1') : undefined;
   if (name === 'iso-8859-1') return bytes.toString('latin1');
@@ -119,8 +128,9 @@ function decodeCharset(charset: string, bytes: Buffer): string | undefined {
   try {
     return new TextDecoder(name, { fatal: true }).decode(bytes);
   } catch {
-    return undefined;
+    // not valid in that charset: undefined, as for a charset it does not name
   }
+  return undefined;
 }
 
 /** Printable ASCII for a reply text. */
