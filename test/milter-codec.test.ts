@@ -118,11 +118,26 @@ describe('which mail the milter takes on', () => {
     expect(claims([['From', ' "notify@example.com" <evil@example.org>']])).toBe(true);
     expect(claims([['From', ' evil@example.org'], ['Sender', ' notify@example.com']])).toBe(true);
     expect(claims([['Resent-From', ' notify@example.com']])).toBe(true);
+    expect(claims([['Resent-Sender', 'notify@example.com']])).toBe(true);
+    // the whole value, with nothing around the address, and a name as an MTA may pass it
+    expect(claims([['From', 'notify@example.com']])).toBe(true);
+    expect(claims([['From ', ' notify@example.com']])).toBe(true);
+  });
+
+  it('not a field whose name only contains From or Sender', () => {
+    for (const name of ['X-From', 'X-Original-Sender', 'From-Address', 'Sender-Id', 'Resent-Fromage']) {
+      expect(claims([[name, ' notify@example.com']]), name).toBe(false);
+    }
   });
 
   it('a sender field smuggled into another field behind a bare CR, LF or NUL', () => {
     expect(claims([['From', ' evil@example.org'], ['X-A', ' a\rFrom: notify@example.com']])).toBe(true);
     expect(claims([['X-A', ' a\0sender: notify@example.com']])).toBe(true);
+    // with blanks before the name and before the colon, as a reader of the next hop allows
+    expect(claims([['X-A', ' a\n \tFrom: notify@example.com']])).toBe(true);
+    expect(claims([['X-A', ' a\nResent-Sender \t: notify@example.com']])).toBe(true);
+    // behind the smuggled line, only what it says counts
+    expect(claims([['X-A', ' notify@example.com\nFrom: evil@example.org']])).toBe(false);
   });
 
   it('not a longer address that contains it, and not a recipient', () => {

@@ -20,18 +20,20 @@ const ATEXT = /[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]/;
 const DOMAIN_CHAR = /[A-Za-z0-9.-]/;
 
 export function claimsCoveredSender(headers: readonly MilterHeader[], covered: readonly Mailbox[]): boolean {
-  const texts: string[] = [];
+  const names = (text: string) => covered.some((mailbox) => mentions(text.toLowerCase(), mailbox));
   for (const h of headers) {
-    if (SENDER_FIELDS.test(h.name.trim())) texts.push(h.value);
-    for (const m of h.value.matchAll(SMUGGLED_SENDER)) texts.push(m[1]!);
+    if (SENDER_FIELDS.test(h.name.trim()) && names(h.value)) return true;
+    for (const m of h.value.matchAll(SMUGGLED_SENDER)) if (names(m[1]!)) return true;
   }
-  return texts.some((t) => covered.some((mailbox) => mentions(t.toLowerCase(), mailbox)));
+  return false;
 }
 
 /** The mailbox appears as a whole address: `notify@example.com`, not `xnotify@example.com.evil`. */
 function mentions(text: string, mailbox: Mailbox): boolean {
-  for (let at = text.indexOf(mailbox); at >= 0; at = text.indexOf(mailbox, at + 1)) {
-    if (!ATEXT.test(text[at - 1] ?? ' ') && !DOMAIN_CHAR.test(text[at + mailbox.length] ?? ' ')) return true;
+  // padded, every occurrence has a neighbour on each side
+  const padded = ` ${text} `;
+  for (let at = padded.indexOf(mailbox); at !== -1; at = padded.indexOf(mailbox, at + 1)) {
+    if (!ATEXT.test(padded[at - 1]!) && !DOMAIN_CHAR.test(padded[at + mailbox.length]!)) return true;
   }
   return false;
 }
