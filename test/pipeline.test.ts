@@ -366,6 +366,9 @@ describe('stages', () => {
     expect(`${reply.code} ${reply.status}`).toBe('451 4.7.0');
     expect(on.upstream.delivered).toEqual([]);
     expect(on.metrics.outcomes).toEqual(['self_verify_failed']);
+    const error = on.lines.find((l) => l.level === 50);
+    expect(error).toMatchObject({ tx: 'TX1', engine: 'native', serial: leaf.serial, reason: expect.stringMatching(/signature/) });
+    expect(error!.msg).toBe(`self-verification failed, message not forwarded: ${error!.reason as string}`);
 
     const off = harness({ selfVerify: 'off' }, { engine: damaging });
     expect((await off.pipeline.process(tx(message()))).code).toBe(250);
@@ -380,6 +383,16 @@ describe('stages', () => {
     expect(metrics.refused).toEqual([1]);
     // the message, then the delivery status notification to the envelope sender
     expect(upstream.delivered.map((d) => d.envelope.to)).toEqual([[RCPT, 'gone@example.org'], [SENDER]]);
+  });
+
+  it('over LMTP, a refused recipient gets its own reply and no DSN is sent', async () => {
+    const upstream = new KeepingUpstream({ refuse: ['gone@example.org'] });
+    const { pipeline, metrics } = harness({ lmtp: true }, { upstream });
+    const reply = await pipeline.process(tx(message(), { envelope: { from: SENDER, to: [RCPT, 'gone@example.org'] } }));
+    expect(reply.code).toBe(250);
+    expect(reply.recipients?.map((r) => r.code)).toEqual([250, 550]);
+    expect(metrics.refused).toEqual([1]);
+    expect(upstream.delivered).toHaveLength(1);
   });
 
   it('a message every recipient took is sent once, and nothing is reported', async () => {
