@@ -56,6 +56,7 @@ export default {
     'test/memory-budget.test.ts',
     'test/metrics.test.ts',
     'test/milter-codec.test.ts',
+    'test/mime-header-read.test.ts',
     'test/mime-prepare.test.ts',
     'test/multipart-signed.test.ts',
     'test/pipeline.test.ts',
