@@ -5,7 +5,7 @@ import { loadPath } from '../src/certs/load.js';
 import { signMessage } from '../src/mime/multipart-signed.js';
 import { prepareMessage } from '../src/mime/prepare.js';
 import { NativeEngine } from '../src/signing/native.js';
-import { DerError, readTlv } from '../src/verify/der.js';
+import { childrenOf, contentsOf, DerError, oidHex, oidOf, readTlv, timeOf } from '../src/verify/der.js';
 import { checkIntegrity } from '../src/verify/integrity.js';
 import { selfVerificationFailure } from '../src/verify/self-verify.js';
 import { NotSignedError, SignedStructureError, splitSignedMessage } from '../src/verify/split.js';
@@ -223,5 +223,69 @@ describe('readTlv (DER)', () => {
   it('a four-octet length is read whole', () => {
     const bytes = [0x04, 0x84, 0x00, 0x00, 0x00, 0x02, 0xaa, 0xbb];
     expect(read(bytes)).toEqual({ tag: 0x04, start: 0, valueStart: 6, valueEnd: 8, end: 8 });
+  });
+});
+
+describe('DER values (der.ts)', () => {
+  const tlv = (tag: number, content: string | number[]) => {
+    const body = typeof content === 'string' ? Buffer.from(content, 'latin1') : Buffer.from(content);
+    const buf = Buffer.concat([Buffer.from([tag, body.length]), body]);
+    return { buf, t: readTlv(buf, 0) };
+  };
+  const time = (tag: number, s: string) => {
+    const { buf, t } = tlv(tag, s);
+    return timeOf(buf, t)?.toISOString();
+  };
+
+  it('reads UTCTime (two-digit years 50–99 are 19xx, 00–49 20xx) and GeneralizedTime, with or without seconds', () => {
+    expect(time(0x17, '261130154312Z')).toBe('2026-11-30T15:43:12.000Z');
+    expect(time(0x17, '2611301543Z')).toBe('2026-11-30T15:43:00.000Z');
+    expect(time(0x17, '491231235959Z')).toBe('2049-12-31T23:59:59.000Z');
+    expect(time(0x17, '500101000000Z')).toBe('1950-01-01T00:00:00.000Z');
+    expect(time(0x18, '20261130154312Z')).toBe('2026-11-30T15:43:12.000Z');
+    expect(time(0x18, '202611301543Z')).toBe('2026-11-30T15:43:00.000Z');
+    expect(time(0x18, '20261130154312.250Z')).toBe('2026-11-30T15:43:12.000Z');
+    expect(time(0x18, '19491231235959Z')).toBe('1949-12-31T23:59:59.000Z');
+  });
+
+  it.each<[number, string]>([
+    [0x17, '261130154312'], // no Z
+    [0x17, '261130154312+0100'],
+    [0x17, 'x61130154312Z'],
+    [0x17, '2611301543121Z'],
+    [0x17, '26113015431Z'],
+    [0x17, ' 261130154312Z'],
+    [0x17, '20261130154312Z'], // a GeneralizedTime in a UTCTime
+    [0x18, '261130154312Z'], // and the other way round (month 30 of the year 2611)
+    [0x17, '261301000000Z'], // month 13
+    [0x17, '260230000000Z'], // 30 February
+    [0x18, '20261130246000Z'], // hour 24
+    [0x18, '20261130236000Z'], // minute 60
+    [0x18, '2026113015431xZ'],
+    [0x18, '20261130154312.Z'],
+    [0x18, '20261130154312Z '],
+    [0x04, '261130154312Z'], // not a time at all
+  ])('no time: tag %i, %j', (tag, s) => {
+    expect(time(tag, s)).toBeUndefined();
+  });
+
+  it('OIDs: dotted to content octets, and read back only from an OBJECT IDENTIFIER', () => {
+    expect(oidHex('1.2.840.113549.1.7.2')).toBe('2a864886f70d010702');
+    expect(oidHex('2.16.840.1.101.3.4.2.1')).toBe('608648016503040201');
+    const oid = tlv(0x06, [0x2a, 0x86, 0x48]);
+    expect(oidOf(oid.buf, oid.t)).toBe('2a8648');
+    const octets = tlv(0x04, [0x2a, 0x86, 0x48]);
+    expect(oidOf(octets.buf, octets.t)).toBe('');
+  });
+
+  it('children of a constructed element, and its tag checked first', () => {
+    const seq = Buffer.from([0x30, 0x06, 0x04, 0x01, 0xaa, 0x05, 0x00, 0x00].slice(0, 7));
+    seq[1] = 5;
+    const t = readTlv(seq, 0);
+    expect(childrenOf(seq, t).map((c) => [c.tag, c.start, c.end])).toEqual([[0x04, 2, 5], [0x05, 5, 7]]);
+    expect(contentsOf(seq, t, 0x30, 'the sequence')).toHaveLength(2);
+    expect(() => contentsOf(seq, t, 0x31, 'the set')).toThrow(new DerError('the set: expected tag 0x31, found 0x30'));
+    expect(() => contentsOf(seq, t, 0x31, 'the set')).toThrow(/^the set: expected tag 0x31, found 0x30$/);
+    expect(new DerError('x').name).toBe('DerError');
   });
 });

@@ -100,5 +100,10 @@ export function timeOf(buf: Buffer, t: Tlv): Date | undefined {
   if (!m) return undefined;
   let year = Number(m[1]);
   if (t.tag === 0x17) year += year >= 50 ? 1900 : 2000;
-  return new Date(Date.UTC(year, Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6] ?? 0)));
+  const [month, day, hour, minute, second] = [m[2], m[3], m[4], m[5], m[6] ?? '0'].map(Number) as [number, number, number, number, number];
+  const date = new Date(Date.UTC(year, month - 1, day, hour, minute, second));
+  // Date.UTC carries a field out of range into the next (month 30 becomes two and a half years):
+  // such a value is no time at all.
+  const fields = [date.getUTCMonth() + 1, date.getUTCDate(), date.getUTCHours(), date.getUTCMinutes(), date.getUTCSeconds()];
+  return fields.every((v, i) => v === [month, day, hour, minute, second][i]) ? date : undefined;
 }
