@@ -107,10 +107,7 @@ const SINGLE_BYTE = new Set([
   'koi8-u',
 ]);
 
-/**
- * Decodes in charsets that are ASCII-compatible, so "@" is byte 0x40 in every reader; undefined
- * for any other charset, and for bytes that are not valid in the named one.
- */
+/** Other names senders write for the charsets decodeCharset() reads. */
 const ALIASES = new Map([
   ['latin1', 'iso-8859-1'],
   ['latin-1', 'iso-8859-1'],
@@ -119,6 +116,10 @@ const ALIASES = new Map([
   ['ascii', 'us-ascii'],
 ]);
 
+/**
+ * Decodes in charsets that are ASCII-compatible, so "@" is byte 0x40 in every reader; undefined
+ * for any other charset, and for bytes that are not valid in the named one.
+ */
 function decodeCharset(charset: string, bytes: Buffer): string | undefined {
   const name = ALIASES.get(charset) ?? charset;
   // RFC 2046 names; "iso-8859-1" is latin1 proper here (WHATWG's label would give windows-1252)

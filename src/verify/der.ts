@@ -100,10 +100,11 @@ export function timeOf(buf: Buffer, t: Tlv): Date | undefined {
   if (!m) return undefined;
   let year = Number(m[1]);
   if (t.tag === 0x17) year += year >= 50 ? 1900 : 2000;
-  const [month, day, hour, minute, second] = [m[2], m[3], m[4], m[5], m[6] ?? '0'].map(Number) as [number, number, number, number, number];
+  const written = [m[2], m[3], m[4], m[5], m[6] ?? '0'].map(Number);
+  const [month, day, hour, minute, second] = written as [number, number, number, number, number];
   const date = new Date(Date.UTC(year, month - 1, day, hour, minute, second));
   // Date.UTC carries a field out of range into the next (month 30 becomes two and a half years):
   // such a value is no time at all.
-  const fields = [date.getUTCMonth() + 1, date.getUTCDate(), date.getUTCHours(), date.getUTCMinutes(), date.getUTCSeconds()];
-  return fields.every((v, i) => v === [month, day, hour, minute, second][i]) ? date : undefined;
+  const read = [date.getUTCMonth() + 1, date.getUTCDate(), date.getUTCHours(), date.getUTCMinutes(), date.getUTCSeconds()];
+  return read.every((v, i) => v === written[i]) ? date : undefined;
 }

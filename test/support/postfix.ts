@@ -75,6 +75,8 @@ function ephemeralRange(): [number, number] {
 const BLOCK = 256;
 let nextInBlock = Math.floor(Math.random() * BLOCK);
 
+const closed = (s: Server) => new Promise<void>((r) => s.close(() => r()));
+
 async function bindable(port: number): Promise<Server | undefined> {
   const s = createServer();
   return new Promise((resolve) => {
@@ -109,7 +111,7 @@ export async function freePorts(n: number): Promise<number[]> {
     }
     return held.map((s) => (s.address() as AddressInfo).port);
   } finally {
-    await Promise.all(held.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    await Promise.all(held.map(closed));
   }
 }
 
@@ -386,7 +388,7 @@ export async function startPostfix(opts: PostfixOptions): Promise<PostfixInstanc
     const taken: string[] = [];
     for (const [, addr, port] of readFileSync(join(configDir, 'master.cf'), 'utf8').matchAll(/^([\d.]+):(\d+)\s+inet\s/gm)) {
       const s = await bindable(Number(port));
-      if (s) await new Promise<void>((r) => s.close(() => r()));
+      if (s) await closed(s);
       else taken.push(`${addr}:${port}`);
     }
     const cause = taken.length ? `\nthe master.cf listener${taken.length > 1 ? 's' : ''} ${taken.join(', ')} cannot bind: the port is in use` : '';
