@@ -57,6 +57,7 @@ const keys = new WeakMap<X509Certificate, KeyObject>();
 
 function keyOf(cert: X509Certificate): KeyObject {
   let key = keys.get(cert);
+  // Stryker disable next-line ConditionalExpression: the map only saves reading the key again; cert.publicKey gives an equal key every time
   if (!key) keys.set(cert, (key = cert.publicKey));
   return key;
 }
