@@ -5,7 +5,9 @@
  * the attacks through a real relay, and test/header-disagreement.test.ts generates thousands more.
  */
 import { describe, expect, it } from 'vitest';
+import { parseEnvelopeSenders } from '../src/admit/envelope-senders.js';
 import { admitHeader, type HeaderPolicy } from '../src/admit/header.js';
+import { admitEnvelopeSender } from '../src/admit/sender.js';
 import { canonicalHeader, excerpt } from '../src/admit/header-block.js';
 import { parseMailbox } from '../src/admit/mailbox-syntax.js';
 import { shownTextProblem } from '../src/admit/shown-addresses.js';
@@ -409,5 +411,46 @@ describe('one unambiguous sender (550 5.7.1)', () => {
   it('uses the parser it is given (the seam the disagreement test weakens)', () => {
     const lenient = () => ({ ok: true as const, mailbox: { address: N, shown: [] } });
     expect(admitHeader(msg(`From: ${EVIL}, <${N}>`), policy, lenient).from).toBe(N);
+  });
+});
+
+describe('the envelope sender (MAIL FROM, 550 5.7.1)', () => {
+  const covered = policy.covered;
+  it('a covered mailbox is admitted, in any case, as its lower-case mailbox', () => {
+    expect(admitEnvelopeSender(N, covered)).toBe(N);
+    expect(admitEnvelopeSender('Notify@Example.COM', covered)).toBe(N);
+  });
+
+  it('an uncovered one is refused, naming what the relay signs for', () => {
+    expect(refusal(() => admitEnvelopeSender(EVIL, covered))).toMatchObject({
+      code: 550,
+      status: '5.7.1',
+      text: `Sender <${EVIL}> is not a mailbox this relay signs for; it signs for: ${N}, billing@example.com (a bounce address may be allowed with SMIME_RELAY_ENVELOPE_SENDERS)`,
+    });
+  });
+
+  it('a user limited to some mailboxes may use only those, though the relay covers more', () => {
+    const ops = { user: 'ops', mailboxes: [N] };
+    expect(admitEnvelopeSender(N, covered, ops)).toBe(N);
+    expect(refusal(() => admitEnvelopeSender('billing@example.com', covered, ops))).toMatchObject({
+      code: 550,
+      status: '5.7.1',
+      text: `User ops may not send as <billing@example.com>; it may send as: ${N}`,
+    });
+    // the user's list is checked first: the reply names only its mailboxes, not the relay's
+    expect(refusal(() => admitEnvelopeSender(EVIL, covered, ops))?.text).toBe(`User ops may not send as <${EVIL}>; it may send as: ${N}`);
+    // a mailbox on the user's list that no certificate covers is still refused
+    expect(refusal(() => admitEnvelopeSender(EVIL, covered, { user: 'odd', mailboxes: [EVIL as Mailbox] }))?.text).toMatch(/^Sender <evil@example.com> is not a mailbox this relay signs for/);
+    // a user without a list may use every covered mailbox, and no other
+    expect(admitEnvelopeSender('billing@example.com', covered, { user: 'all' })).toBe('billing@example.com');
+    expect(refusal(() => admitEnvelopeSender(EVIL, covered, { user: 'all' }))?.text).toMatch(/^Sender <evil@example.com> is not/);
+  });
+
+  it('SMIME_RELAY_ENVELOPE_SENDERS admits a bounce address before any other check, for any user', () => {
+    const legacy = parseEnvelopeSenders('bounces+*@example.com, <>');
+    if (typeof legacy === 'string') throw new Error(legacy);
+    expect(admitEnvelopeSender('bounces+ops=example.org@example.com', covered, { user: 'ops', mailboxes: [N] }, legacy)).toBe('bounces+ops=example.org@example.com');
+    expect(admitEnvelopeSender('', covered, undefined, legacy)).toBe('');
+    expect(refusal(() => admitEnvelopeSender('', covered))?.text).toMatch(/^Sender <> is not a mailbox this relay signs for/);
   });
 });
