@@ -363,6 +363,7 @@ describe('signed attributes', () => {
   it.each<[string, Buffer[]]>([
     ['no messageDigest', [ct]],
     ['no contentType', [md()]],
+    ['no contentType, but another attribute', [md(), attr('1.2.840.113549.1.9.15', seq())]],
     ['a messageDigest that is not an OCTET STRING', [ct, attr(O.messageDigest, int(7))]],
     ['a messageDigest with no value', [ct, attr(O.messageDigest)]],
   ])('%s: refused, as RFC 5652 §5.3 requires both', (_name, required) => {

@@ -98,6 +98,42 @@ describe('splitSignedMessage', () => {
     expect(selfVerificationFailure(message, bundle.leaf)).toBe(reason);
   });
 
+  it('a Content-Type it cannot read is named so', () => {
+    const message = edit(signed, /Content-Type: multipart\/signed;[^\r]*/, 'Content-Type: @@@');
+    expect(() => splitSignedMessage(message)).toThrow(/^the message is not clear-signed: its Content-Type is unreadable, not multipart\/signed$/);
+  });
+
+  it('errors carry their class names, which log lines print', () => {
+    const name = (run: () => unknown) => {
+      try {
+        run();
+      } catch (e) {
+        return (e as Error).name;
+      }
+    };
+    expect(name(() => splitSignedMessage(edit(signed, /Content-Type: multipart\/signed;[^\r]*/, 'Content-Type: text/plain')))).toBe('NotSignedError');
+    expect(name(() => splitSignedMessage(edit(signed, /;?\s*boundary="[^"]+"/, '')))).toBe('SignedStructureError');
+  });
+
+  it('finds the signature part\'s fields in any order', () => {
+    const t = text(signed);
+    const at = t.lastIndexOf('Content-Type: application/pkcs7-signature');
+    const end = t.indexOf('\r\n\r\n', at);
+    const fields = t.slice(at, end).split(/\r\n(?![ \t])/);
+    const reordered = Buffer.from(t.slice(0, at) + [...fields].reverse().join('\r\n') + t.slice(end), 'latin1');
+    expect(fields[0]).toMatch(/^Content-Type:/);
+    expect(splitSignedMessage(reordered).signature.equals(splitSignedMessage(signed).signature)).toBe(true);
+    expect(checkIntegrity(reordered).ok).toBe(true);
+  });
+
+  it('gives the signed part\'s offset in the message even when the message is a view into a larger buffer', () => {
+    const pool = Buffer.concat([Buffer.from('x'.repeat(100)), signed]);
+    const message = pool.subarray(100);
+    const parts = splitSignedMessage(message);
+    expect(message.subarray(parts.contentStart, parts.contentStart + parts.content.length).equals(parts.content)).toBe(true);
+    expect(parts.contentStart).toBe(splitSignedMessage(signed).contentStart);
+  });
+
   it('a header block it cannot read is not a signed message', () => {
     const message = Buffer.concat([Buffer.from(`X-Long: ${'a'.repeat(300 * 1024)}\r\n`), signed]);
     expect(() => splitSignedMessage(message)).toThrow(/^the header block cannot be read: header block exceeds the limit of 262144 bytes$/);
@@ -204,6 +240,10 @@ describe('readTlv (DER)', () => {
     expect(read([0x04, 0x82, 0x00, 0x01, 0xaa])).toEqual({ tag: 0x04, start: 0, valueStart: 4, valueEnd: 5, end: 5 });
     expect(read([0x30, 0x80, 0x04, 0x01, 0xaa, 0x00, 0x00])).toEqual({ tag: 0x30, start: 0, valueStart: 2, valueEnd: 5, end: 7 });
     expect(read([0xff, 0x04, 0x00], 1)).toEqual({ tag: 0x04, start: 1, valueStart: 3, valueEnd: 3, end: 3 });
+    // a long-form length whose octets end exactly at the limit, with no contents
+    expect(read([0x04, 0x81, 0x00])).toEqual({ tag: 0x04, start: 0, valueStart: 3, valueEnd: 3, end: 3 });
+    // only 00 00 ends an indefinite length: an element that starts with 00 is read as one
+    expect(read([0x30, 0x80, 0x00, 0x01, 0xaa, 0x00, 0x00])).toEqual({ tag: 0x30, start: 0, valueStart: 2, valueEnd: 5, end: 7 });
   });
 
   it.each<[string, number[], number, number | undefined, string]>([
@@ -264,7 +304,10 @@ describe('DER values (der.ts)', () => {
     [0x18, '2026113015431xZ'],
     [0x18, '20261130154312.Z'],
     [0x18, '20261130154312Z '],
+    [0x17, '261130154312Z0'],
+    [0x18, 'x20261130154312Z'],
     [0x04, '261130154312Z'], // not a time at all
+    [0x04, '20261130154312Z'],
   ])('no time: tag %i, %j', (tag, s) => {
     expect(time(tag, s)).toBeUndefined();
   });

@@ -100,6 +100,7 @@ export function timeOf(buf: Buffer, t: Tlv): Date | undefined {
   if (!m) return undefined;
   let year = Number(m[1]);
   if (t.tag === 0x17) year += year >= 50 ? 1900 : 2000;
+  // Stryker disable next-line StringLiteral: Number('') is 0 as well
   const written = [m[2], m[3], m[4], m[5], m[6] ?? '0'].map(Number);
   const [month, day, hour, minute, second] = written as [number, number, number, number, number];
   const date = new Date(Date.UTC(year, month - 1, day, hour, minute, second));

@@ -78,11 +78,11 @@ export function splitSignedMessage(message: Buffer): SignedMessageParts {
   const sigType = sigCt ? `${sigCt.type}/${sigCt.subtype}` : 'text/plain';
   if (!SIGNATURE_TYPES.has(sigType)) throw new SignedStructureError(`the second part is ${sigType}, not application/pkcs7-signature`);
   const cteField = sig.fields.find((f) => f.name === 'content-transfer-encoding');
-  const cte = cteField ? parseTransferEncoding(fieldValue(cteField)) : '';
+  const base64 = cteField !== undefined && parseTransferEncoding(fieldValue(cteField)) === 'base64';
   const signatureBody = sigPart.subarray(sig.bodyStart);
   // Node's decoder skips line breaks and runs natively: five times faster than the lenient
   // decoder prepare uses, which matters on every signed message; DER has no use for leniency.
-  const signature = cte === 'base64' ? Buffer.from(signatureBody.toString('latin1'), 'base64') : signatureBody;
+  const signature = base64 ? Buffer.from(signatureBody.toString('latin1'), 'base64') : signatureBody;
   if (signature.length === 0) throw new SignedStructureError('the signature part is empty');
   return {
     headers,
