@@ -5,7 +5,7 @@
  * the attacks through a real relay, and test/header-disagreement.test.ts generates thousands more.
  */
 import { describe, expect, it } from 'vitest';
-import { parseEnvelopeSenders } from '../src/admit/envelope-senders.js';
+import { NO_ENVELOPE_SENDERS, parseEnvelopeSenders } from '../src/admit/envelope-senders.js';
 import { admitHeader, type HeaderPolicy } from '../src/admit/header.js';
 import { admitEnvelopeSender } from '../src/admit/sender.js';
 import { canonicalHeader, excerpt } from '../src/admit/header-block.js';
@@ -374,6 +374,12 @@ describe('one unambiguous sender (550 5.7.1)', () => {
     expect(admitted).toEqual({ message: raw, from: N });
   });
 
+  it('a field named like a property of every object (Constructor, __proto__, toString) is no sender field', () => {
+    // an object literal looked up by field name read Constructor as a sender field: 550 "function Object() ..."
+    const raw = msg(`From: ${N}\r\nConstructor: a build tool\r\n__proto__: x\r\ntoString: y\r\nhasOwnProperty: z`);
+    expect(admit(raw)).toEqual({ message: raw, from: N });
+  });
+
   it('checks the From against the authenticated user’s mailboxes first, naming only those', () => {
     const principal = { user: 'billing', mailboxes: ['billing@example.com' as Mailbox] };
     expect(refusedWith(msg(`From: ${N}`), { principal })).toMatchObject({
@@ -446,9 +452,37 @@ describe('the envelope sender (MAIL FROM, 550 5.7.1)', () => {
     expect(refusal(() => admitEnvelopeSender(EVIL, covered, { user: 'all' }))?.text).toMatch(/^Sender <evil@example.com> is not/);
   });
 
+  const senders = (text: string) => {
+    const parsed = parseEnvelopeSenders(text);
+    if (typeof parsed === 'string') throw new Error(parsed);
+    return parsed;
+  };
+
+  it('SMIME_RELAY_ENVELOPE_SENDERS: patterns with * for any run but @, <> for the null sender, case-insensitive', () => {
+    const s = senders(' bounces+*@Example.com ,, root@*,<> ');
+    expect([s.patterns, s.toString()]).toEqual([['bounces+*@Example.com', 'root@*', '<>'], 'bounces+*@Example.com,root@*,<>']);
+    expect(['bounces+ops=example.org@example.com', 'BOUNCES+@EXAMPLE.COM', 'root@host1', 'root@a.b', ''].map((a) => s.matches(a))).toEqual([true, true, true, true, true]);
+    // * never crosses the @, and the rest of the pattern is literal (. + ? are not regex here)
+    expect(['bounces+x@example.com.evil', 'bounces+x@exampleXcom', 'xbounces+x@example.com', 'root@a@b', 'rot@host', 'notify@example.com'].map((a) => s.matches(a))).toEqual([false, false, false, false, false, false]);
+    const noNull = senders('root@*');
+    expect([noNull.matches(''), noNull.matches('root@x')]).toEqual([false, true]);
+    expect([NO_ENVELOPE_SENDERS.patterns, NO_ENVELOPE_SENDERS.toString(), NO_ENVELOPE_SENDERS.matches(''), NO_ENVELOPE_SENDERS.matches('root@x')]).toEqual([[], '', false, false]);
+  });
+
+  it.each([
+    ['', 'expected patterns such as bounces+*@example.com,root@*,<>'],
+    [' , ,', 'expected patterns such as bounces+*@example.com,root@*,<>'],
+    ['root', "'root' is not an address pattern: write local@domain with * as a wildcard (bounces+*@example.com, root@*), or <> for the null sender"],
+    ['root@*, <root@host>', "'<root@host>' is not an address pattern: write local@domain with * as a wildcard (bounces+*@example.com, root@*), or <> for the null sender"],
+    ['a@b@c', "'a@b@c' is not an address pattern: write local@domain with * as a wildcard (bounces+*@example.com, root@*), or <> for the null sender"],
+    ['x a@b', "'x a@b' is not an address pattern: write local@domain with * as a wildcard (bounces+*@example.com, root@*), or <> for the null sender"],
+    ['a@b x', "'a@b x' is not an address pattern: write local@domain with * as a wildcard (bounces+*@example.com, root@*), or <> for the null sender"],
+  ])('SMIME_RELAY_ENVELOPE_SENDERS=%j is refused: %s', (text, message) => {
+    expect(parseEnvelopeSenders(text)).toBe(message);
+  });
+
   it('SMIME_RELAY_ENVELOPE_SENDERS admits a bounce address before any other check, for any user', () => {
-    const legacy = parseEnvelopeSenders('bounces+*@example.com, <>');
-    if (typeof legacy === 'string') throw new Error(legacy);
+    const legacy = senders('bounces+*@example.com, <>');
     expect(admitEnvelopeSender('bounces+ops=example.org@example.com', covered, { user: 'ops', mailboxes: [N] }, legacy)).toBe('bounces+ops=example.org@example.com');
     expect(admitEnvelopeSender('', covered, undefined, legacy)).toBe('');
     expect(refusal(() => admitEnvelopeSender('', covered))?.text).toMatch(/^Sender <> is not a mailbox this relay signs for/);

@@ -35,13 +35,15 @@ export interface AdmittedMessage {
   from: Mailbox;
 }
 
-/** Fields that name who sent the message; clients show each of them as the sender. */
-const SENDER_FIELDS: Readonly<Record<string, string>> = {
-  from: 'From',
-  sender: 'Sender',
-  'resent-from': 'Resent-From',
-  'resent-sender': 'Resent-Sender',
-};
+/**
+ * Fields besides From that name who sent the message; clients show each of them as the sender.
+ * A Map, not an object: a field named Constructor or __proto__ is no sender field.
+ */
+const OTHER_SENDER_FIELDS: ReadonlyMap<string, string> = new Map([
+  ['sender', 'Sender'],
+  ['resent-from', 'Resent-From'],
+  ['resent-sender', 'Resent-Sender'],
+]);
 
 /** Throws RelayError with the one reply for the first problem found. */
 export function admitHeader(raw: Buffer, policy: HeaderPolicy, parse: MailboxParser = parseMailbox): AdmittedMessage {
@@ -53,8 +55,8 @@ export function admitHeader(raw: Buffer, policy: HeaderPolicy, parse: MailboxPar
   if (senders > 1) throw new RelayError(replies.fromHeaderInvalid(`appears ${senders} times`, 'Sender'));
   const from = admitMailboxField(froms[0]!, 'From', policy, parse);
   for (const field of fields) {
-    const label = SENDER_FIELDS[field.name];
-    if (label && field.name !== 'from') admitMailboxField(field, label, policy, parse);
+    const label = OTHER_SENDER_FIELDS.get(field.name);
+    if (label) admitMailboxField(field, label, policy, parse);
   }
   return { message, from };
 }
