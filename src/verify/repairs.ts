@@ -37,8 +37,9 @@ const CRLF = Buffer.from('\r\n', 'latin1');
 const CR = 0x0d;
 const LF = 0x0a;
 
-const TE_NAME: Record<string, string> = { 'quoted-printable': 'quoted-printable', base64: 'base64', '7bit': '7bit', '8bit': '8bit', binary: 'binary', '': 'no transfer encoding' };
-const teName = (cte: string) => TE_NAME[cte] ?? cte;
+// Maps, not objects: the names come from the message, and 'constructor' is no encoding or field.
+const TE_NAME: ReadonlyMap<string, string> = new Map([['', 'no transfer encoding']]);
+const teName = (cte: string) => TE_NAME.get(cte) ?? cte;
 
 /** The candidates in the order diagnose tries them: whole-part changes first, then part by part. */
 export function* repairsOf(root: MimeNode): Generator<Repair> {
@@ -370,12 +371,12 @@ function renamed(field: HeaderField, name: string): HeaderField {
   return { name: field.name, lines };
 }
 
-const CANONICAL: Record<string, string> = {
-  'mime-version': 'MIME-Version',
-  'content-id': 'Content-ID',
-  'message-id': 'Message-ID',
-};
-const titleCase = (n: string) => CANONICAL[n] ?? n.replace(/(^|-)([a-z])/g, (_m, d: string, c: string) => d + c.toUpperCase());
+const CANONICAL: ReadonlyMap<string, string> = new Map([
+  ['mime-version', 'MIME-Version'],
+  ['content-id', 'Content-ID'],
+  ['message-id', 'Message-ID'],
+]);
+const titleCase = (n: string) => CANONICAL.get(n) ?? n.replace(/(^|-)([a-z])/g, (_m, d: string, c: string) => d + c.toUpperCase());
 const firstUpper = (n: string) => n.charAt(0).toUpperCase() + n.slice(1);
 
 function* headerUndos(root: MimeNode, node: MimeNode): Generator<Repair> {
