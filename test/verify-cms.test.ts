@@ -407,6 +407,17 @@ describe('the signer identifier', () => {
     expect(view.sid).toBe('serial 7ABCDE');
   });
 
+  it('a serial is printed as openssl and X509Certificate print it: without the zero octet before a high first octet', async () => {
+    const sidText = (octets: number[]) => readSignedData(build({ sid: seq(rsa.issuer, tlv(0x02, Buffer.from(octets))) })).sid;
+    expect(sidText([0x00, 0xcb, 0xc8])).toBe('serial CBC8');
+    expect(sidText([0x00])).toBe('serial 00');
+    expect(sidText([0x05])).toBe('serial 05');
+    // the certificates of a test PKI have random serials, so half of them start with such an octet
+    const high = new X509Certificate(await openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', '/dev/null', '-subj', '/CN=serial', '-set_serial', '0x80CB']));
+    expect(high.serialNumber).toBe('80CB');
+    expect(sidText([0x00, 0x80, 0xcb])).toBe(`serial ${high.serialNumber}`);
+  });
+
   it('a subject key identifier is matched against each certificate\'s extension, and printed in upper-case hex', () => {
     const view = readSignedData(build({ sid: tlv(0x80, rsa.ski), certs: [intermediate, other.cert.raw, rsa.cert.raw] }));
     expect(view.signerCertificate?.equals(rsa.cert.raw)).toBe(true);

@@ -177,13 +177,23 @@ function findSigner(der: Buffer, sid: Tlv, certificates: Buffer[]): { certificat
       const tbs = tbsFields(c);
       return tbs.serial.equals(wantSerial) && tbs.issuer.equals(wantIssuer);
     });
-    return { certificate, text: `serial ${value(der, serial).toString('hex').toUpperCase()}` };
+    return { certificate, text: `serial ${serialText(value(der, serial))}` };
   }
   if (sid.tag === 0x80) {
     const ski = value(der, sid);
     return { certificate: certificates.find((c) => subjectKeyIdentifier(c)?.equals(ski)), text: `subject key identifier ${ski.toString('hex').toUpperCase()}` };
   }
   throw new SignatureFormatError('the signer identifier has an unknown form');
+}
+
+/**
+ * An INTEGER's content octets as openssl and node's X509Certificate print a serial: upper-case hex
+ * without the zero octet DER puts before a first octet of 0x80 or more (X.690 §8.3.2).
+ */
+function serialText(octets: Buffer): string {
+  let start = 0;
+  while (start < octets.length - 1 && octets[start] === 0) start++;
+  return octets.subarray(start).toString('hex').toUpperCase();
 }
 
 /** serialNumber and issuer of a Certificate's tbsCertificate, as DER (RFC 5280 §4.1). */
