@@ -155,6 +155,12 @@ describe('the canonical header block (554 5.6.0 naming the line, or canonical by
       expect(refusedWith(u8(`From: ${N}\r\nX-A: a\u2028From: ${EVIL}\r\n\r\n`), { smtputf8: true })?.text).toMatch(/^Header line 2 .*line separator/);
       expect(refusedWith(u8(`From: ${N}\r\nX-A: a\u2029b\r\n\r\n`), { smtputf8: true })?.text).toMatch(/line separator/);
     });
+
+    it('8-bit bytes only on a continuation line are checked like those on the first line', () => {
+      const folded = bin(`From: ${N}\r\nSubject: a\r\n caf\xe9\r\n\r\n`);
+      expect(refusedWith(folded, { smtputf8: true })?.text).toMatch(/^Header line 2 .*not UTF-8 \(RFC 6532/);
+      expect(refusedWith(folded)?.text).toMatch(/^Header line 2 .*did not use SMTPUTF8/);
+    });
   });
 
   it('makes the excerpt printable and short', () => {
@@ -220,14 +226,18 @@ describe('the strict mailbox reader', () => {
     ['notify@"example.com"', 'has a quoted domain'],
     ['@example.com', 'has nothing before the @ of its address'],
     ['notify @example.com', 'has nothing before the @ of its address'],
+    ['<@example.com>', 'has nothing before the @ of its address'],
     ['notify@', 'has nothing after the @ of its address'],
     ['notify@ example.com', 'has nothing after the @ of its address'],
+    ['<notify@>', 'has nothing after the @ of its address'],
     ['notify.@example.com', 'has an address with a misplaced dot'],
     ['.notify@example.com', 'has an address with a misplaced dot'],
     ['notify@example..com', 'has an address with a misplaced dot'],
     [`< ${N}>`, 'has something other than one address inside < >'],
     [`<${N} >`, 'has something other than one address inside < >'],
     [`<x ${N}>`, 'has something other than one address inside < >'],
+    // the word right before the address is not "<", though it touches it, and "<" comes after "> "
+    [`"x"${N}> <`, 'has something other than one address inside < >'],
     [`<${N}> trailing`, 'has text after the address in < >'],
     [`${N} trailing`, 'has text after the address'],
     [`Notify ${N}`, 'has words before an address that is not in < >'],
